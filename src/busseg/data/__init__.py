@@ -1,0 +1,1 @@
+"""Data handling: raw BUSI reading, near-duplicate grouping, splitting, datasets, augmentation."""

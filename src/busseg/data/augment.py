@@ -1,0 +1,69 @@
+"""Batched augmentation on tensors, applied identically to images and masks.
+
+One random affine (flip, rotation, scale, translation) per sample is turned into a sampling grid
+shared by the image (bilinear) and the mask (bilinear, then thresholded at 0.5), so the two stay
+aligned. Intensity changes (brightness, contrast, gamma, speckle-like multiplicative noise, blur)
+touch the image only. Malignant samples get `strength_malignant` times stronger geometry and
+intensity changes and are augmented with probability `p_malignant`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from busseg.config import AugmentConfig
+
+
+def _uniform(n: int, scale: torch.Tensor, gen: torch.Generator, device) -> torch.Tensor:
+    return (torch.rand(n, generator=gen, device=device) * 2 - 1) * scale
+
+
+def augment_batch(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    malignant: torch.Tensor,
+    cfg: AugmentConfig,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Augment float images `x` in [0, 1] and masks `y` (N x 1 x H x W) with one generator."""
+    n, device = x.shape[0], x.device
+    mal = malignant.to(device=device, dtype=torch.bool)
+    strength = torch.where(mal, cfg.strength_malignant, 1.0).to(device)
+    p = torch.where(mal, cfg.p_malignant, cfg.p).to(device)
+    on = (torch.rand(n, generator=gen, device=device) < p).float()
+    s = strength * on
+
+    angle = _uniform(n, s * math.radians(cfg.rotate_deg), gen, device)
+    scale = 1.0 + _uniform(n, s * cfg.scale, gen, device)
+    flip = torch.where(torch.rand(n, generator=gen, device=device) < cfg.flip, -1.0, 1.0)
+    flip = torch.where(on > 0, flip, torch.ones_like(flip))
+    tx, ty = (_uniform(n, s * cfg.translate * 2, gen, device) for _ in range(2))
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([
+        torch.stack([cos * flip, -sin, tx], dim=1),
+        torch.stack([sin * flip, cos, ty], dim=1),
+    ], dim=1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+         >= 0.5).to(y.dtype)
+
+    view = (n, 1, 1, 1)
+    gamma = torch.exp(_uniform(n, s * cfg.gamma, gen, device)).view(view)
+    x = x.clamp(0, 1).pow(gamma)
+    contrast = (1.0 + _uniform(n, s * cfg.contrast, gen, device)).view(view)
+    bright = _uniform(n, s * cfg.brightness, gen, device).view(view)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast + mean + bright
+    sigma = (s * cfg.noise).view(view)
+    x = x * (1.0 + sigma * torch.randn(x.shape, generator=gen, device=device))
+    if cfg.blur > 0:
+        blur_on = (torch.rand(n, generator=gen, device=device) < cfg.blur * on).view(view)
+        kernel = torch.tensor([1.0, 2.0, 1.0], device=device)
+        k2 = (kernel[:, None] * kernel[None, :] / 16.0).view(1, 1, 3, 3).to(x.dtype)
+        blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k2)
+        x = torch.where(blur_on, blurred, x)
+    return x.clamp(0, 1), y

@@ -1,0 +1,83 @@
+"""A prepared split (`DIR/images/<stem>.png`, `DIR/masks/<stem>_mask.png`) held in memory."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from busseg.imageio import IMAGE_SUFFIXES, ImageReadError, read_mask, read_pil
+from busseg.preprocess import resize_image, resize_mask, to_gray01
+
+CLASS_NAMES = ("benign", "malignant", "normal")
+
+
+def class_of(name: str) -> str:
+    """The BUSI class a file name starts with, or 'unknown'."""
+    low = name.lower()
+    return next((c for c in CLASS_NAMES if low.startswith(c)), "unknown")
+
+
+def list_pairs(split_dir: Path | str) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of a split folder; raise naming what is missing."""
+    split_dir = Path(split_dir)
+    img_dir, mask_dir = split_dir / "images", split_dir / "masks"
+    for d in (img_dir, mask_dir):
+        if not d.is_dir():
+            raise FileNotFoundError(f"{d}: folder not found (expected images/ and masks/)")
+    pairs, missing = [], []
+    for img in sorted(img_dir.iterdir()):
+        if img.suffix.lower() not in IMAGE_SUFFIXES or not img.is_file():
+            continue
+        mask = mask_dir / f"{img.stem}_mask.png"
+        (pairs if mask.is_file() else missing).append((img, mask))
+    if missing:
+        names = ", ".join(str(m) for _, m in missing[:5])
+        raise FileNotFoundError(f"{len(missing)} image(s) lack a mask, e.g. {names}")
+    if not pairs:
+        raise FileNotFoundError(f"{img_dir}: no images found")
+    return pairs
+
+
+def load_pair(img: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Read an image as gray [0, 1] float and its mask as bool; sizes must agree."""
+    gray = to_gray01(read_pil(img))
+    m = read_mask(mask)
+    if m.shape != gray.shape:
+        raise ImageReadError(mask, f"mask size {m.shape[::-1]} differs from image {gray.shape[::-1]}")
+    return gray, m
+
+
+@dataclass
+class TensorSplit:
+    """A split in memory: uint8 images and masks (N x 1 x S x S), names and class labels."""
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    names: list[str]
+    labels: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def batch(self, idx: torch.Tensor, device: torch.device | str = "cpu"):
+        """Float images in [0, 1] and float masks for the given indices."""
+        x = self.images[idx].to(device, non_blocking=True).float().div_(255.0)
+        y = self.masks[idx].to(device, non_blocking=True).float()
+        return x, y
+
+
+def load_split(split_dir: Path | str, size: int) -> TensorSplit:
+    """Read every pair of a split folder, resized to size x size, into uint8 tensors."""
+    pairs = list_pairs(split_dir)
+    n = len(pairs)
+    images = torch.empty(n, 1, size, size, dtype=torch.uint8)
+    masks = torch.empty(n, 1, size, size, dtype=torch.uint8)
+    for i, (img, mask) in enumerate(pairs):
+        gray, m = load_pair(img, mask)
+        images[i, 0] = (resize_image(gray, (size, size)).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
+        masks[i, 0] = resize_mask(m, (size, size)).to(torch.uint8)
+    names = [img.stem for img, _ in pairs]
+    return TensorSplit(images, masks, names, [class_of(n) for n in names])

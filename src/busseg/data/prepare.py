@@ -1,0 +1,140 @@
+"""`busseg prepare`: raw BUSI -> resized, leakage-free `data/{train,val,test}/{images,masks}`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from busseg.data.raw import RawCase, find_cases, load_case
+from busseg.data.split import SPLITS, split_groups
+from busseg.data.twins import DEFAULT_THRESHOLD, group_ids, thumbnail, twin_pairs
+from busseg.imageio import ImageReadError
+from busseg.preprocess import resize_image, resize_mask, to_gray01
+
+log = logging.getLogger("busseg.prepare")
+
+
+@dataclass
+class PrepareReport:
+    """What prepare did: counts per split and class, twin groups, and skipped files."""
+
+    counts: dict[str, dict[str, int]]
+    n_groups: int
+    n_grouped_images: int
+    cross_class_groups: list[list[str]]
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = ["split   " + "  ".join(f"{c:>9}" for c in self._classes()) + "      total"]
+        for s in SPLITS:
+            row = self.counts.get(s, {})
+            lines.append(
+                f"{s:<7} " + "  ".join(f"{row.get(c, 0):>9}" for c in self._classes())
+                + f"  {sum(row.values()):>9}"
+            )
+        lines.append(
+            f"near-duplicate groups: {self.n_groups} groups holding {self.n_grouped_images} images"
+        )
+        for g in self.cross_class_groups:
+            lines.append("WARNING cross-class twins: " + ", ".join(g))
+        for s in self.skipped:
+            lines.append(f"skipped {s}")
+        return "\n".join(lines)
+
+    def _classes(self) -> list[str]:
+        return sorted({c for row in self.counts.values() for c in row})
+
+
+def prepare(
+    raw: Path | str,
+    out: Path | str,
+    size: int = 256,
+    seed: int = 0,
+    include_normal: bool = False,
+    twin_threshold: float = DEFAULT_THRESHOLD,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+) -> PrepareReport:
+    """Read the raw BUSI tree, group near-duplicates, split by group, write images and masks."""
+    # Twins and splits are computed over every class present, so the benign/malignant split is the
+    # same with or without --include-normal (normal scans can chain lesion images into one group).
+    classes = ("benign", "malignant") + (("normal",) if (Path(raw) / "normal").is_dir() else ())
+    if include_normal and "normal" not in classes:
+        raise FileNotFoundError(f"{Path(raw) / 'normal'}: --include-normal given but no folder")
+    cases, missing = find_cases(raw, classes)
+    skipped = [f"{p}: image has no mask file" for p in missing]
+    kept: list[RawCase] = []
+    images, masks, thumbs, sizes = [], [], [], []
+    for case in tqdm(cases, desc="reading", unit="img", leave=False):
+        try:
+            image, mask = load_case(case)
+        except ImageReadError as exc:
+            skipped.append(str(exc))
+            continue
+        gray = to_gray01(image)
+        kept.append(case)
+        sizes.append(gray.shape)
+        thumbs.append(thumbnail(gray))
+        images.append(resize_image(gray, (size, size)))
+        masks.append(resize_mask(mask, (size, size)))
+    if not kept:
+        raise ValueError(f"{raw}: no readable image with a mask was found")
+    pairs = twin_pairs(np.stack(thumbs), twin_threshold)
+    groups = group_ids(len(kept), pairs)
+    labels = [c.label for c in kept]
+    splits = split_groups(labels, groups, fractions, seed)
+
+    keep = [include_normal or c.label != "normal" for c in kept]
+    kept, images, masks, splits, sizes, labels, groups = (
+        [x for x, k in zip(seq, keep) if k]
+        for seq in (kept, images, masks, splits, sizes, labels, [kept[g].name for g in groups])
+    )
+
+    out = Path(out)
+    for s in SPLITS:
+        (out / s / "images").mkdir(parents=True, exist_ok=True)
+        (out / s / "masks").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for case, img, msk, split, grp, (h, w) in zip(kept, images, masks, splits, groups, sizes):
+        d = out / split
+        arr = (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
+        Image.fromarray(arr).save(d / "images" / f"{case.name}.png")
+        Image.fromarray(msk.numpy().astype(np.uint8) * 255).save(
+            d / "masks" / f"{case.name}_mask.png"
+        )
+        rows.append({"name": case.name, "class": case.label, "orig_height": h, "orig_width": w,
+                     "split": split, "group": grp})
+    with open(out / "manifest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    size_of = Counter(groups)
+    grouped = [i for i, g in enumerate(groups) if size_of[g] > 1]
+    by_group: dict[int, list[int]] = {}
+    for i in grouped:
+        by_group.setdefault(groups[i], []).append(i)
+    cross = [[f"{labels[i]}/{kept[i].name}" for i in idx]
+             for idx in by_group.values() if len({labels[i] for i in idx}) > 1]
+    counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
+    for label, split in zip(labels, splits):
+        counts[split][label] = counts[split].get(label, 0) + 1
+    report = PrepareReport(counts, len(by_group), len(grouped), cross, skipped)
+    splits_doc = {
+        "seed": seed, "size": size, "twin_threshold": twin_threshold,
+        "fractions": list(fractions), "include_normal": include_normal,
+        "counts": counts, "n_groups": report.n_groups,
+        "n_grouped_images": report.n_grouped_images,
+        "cross_class_groups": cross, "skipped": skipped,
+        **{s: sorted(c.name for c, sp in zip(kept, splits) if sp == s) for s in SPLITS},
+    }
+    (out / "splits.json").write_text(json.dumps(splits_doc, indent=1))
+    return report

@@ -1,0 +1,71 @@
+"""Reading the raw BUSI download: `{benign,malignant,normal}/<stem>.png` + `<stem>_mask*.png`."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from busseg.imageio import ImageReadError, read_mask, read_pil
+
+CLASSES = ("benign", "malignant", "normal")
+_MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<idx>\d+))?$")
+
+
+@dataclass
+class RawCase:
+    """One raw image with all of its mask files."""
+
+    image: Path
+    masks: list[Path]
+    label: str
+
+    @property
+    def name(self) -> str:
+        return self.image.stem
+
+
+def find_cases(raw_dir: Path | str, classes: tuple[str, ...]) -> tuple[list[RawCase], list[Path]]:
+    """List the cases of `classes` under `raw_dir`; return (cases with masks, images without)."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"{raw_dir}: raw BUSI folder not found")
+    cases: list[RawCase] = []
+    missing: list[Path] = []
+    for label in classes:
+        folder = raw_dir / label
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: class folder '{label}' not found in {raw_dir}")
+        masks: dict[str, list[Path]] = {}
+        images: list[Path] = []
+        for p in sorted(folder.iterdir()):
+            if p.suffix.lower() != ".png" or not p.is_file():
+                continue
+            m = _MASK_RE.match(p.stem)
+            if m:
+                masks.setdefault(m.group("stem"), []).append(p)
+            else:
+                images.append(p)
+        for img in images:
+            found = sorted(masks.get(img.stem, []))
+            if found:
+                cases.append(RawCase(img, found, label))
+            else:
+                missing.append(img)
+    return cases, missing
+
+
+def load_case(case: RawCase) -> tuple[np.ndarray, np.ndarray]:
+    """Read a case's image and the union of its masks; raise ImageReadError naming the file."""
+    image = read_pil(case.image)
+    union: np.ndarray | None = None
+    for mpath in case.masks:
+        mask = read_mask(mpath)
+        if mask.shape != image.shape[:2]:
+            raise ImageReadError(
+                mpath, f"mask size {mask.shape[::-1]} differs from image size {image.shape[1::-1]}"
+            )
+        union = mask if union is None else (union | mask)
+    return image, union

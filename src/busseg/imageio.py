@@ -1,0 +1,155 @@
+"""Reading scans and masks from disk: PNG/JPEG/BMP/TIFF through Pillow, DICOM through pydicom."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image; the message names the file and the reason."""
+
+    def __init__(self, path: Path | str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+@dataclass
+class Scan:
+    """One decoded frame: pixel array plus what the file says about it."""
+
+    pixels: np.ndarray
+    path: Path
+    frame: int | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem if self.frame is None else f"{self.path.stem}_f{self.frame:03d}"
+
+
+def is_dicom(path: Path) -> bool:
+    """True when the file carries the DICOM preamble magic (or a DICOM suffix)."""
+    if path.suffix.lower() in (".dcm", ".dicom"):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def read_pil(path: Path | str) -> np.ndarray:
+    """Read a raster image with Pillow as gray (2-D) or RGB/RGBA (3-D) array, dtype kept."""
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode == "P":
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            elif im.mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
+                im = im.convert("L") if im.mode == "LA" else im
+            else:
+                im = im.convert("RGB")
+            arr = np.array(im)
+    except FileNotFoundError:
+        raise ImageReadError(path, "file not found") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
+    if arr.size == 0:
+        raise ImageReadError(path, "image has no pixels")
+    return arr
+
+
+def read_mask(path: Path | str) -> np.ndarray:
+    """Read a mask file (1-bit, gray, RGB or RGBA): any non-zero pixel is lesion."""
+    arr = read_pil(path)
+    if arr.ndim == 3:
+        arr = arr[..., :3].max(axis=-1) if arr.shape[-1] == 4 else arr.max(axis=-1)
+    return arr > 0
+
+
+def read_dicom(path: Path | str, frames: str = "all") -> list[Scan]:
+    """Read a DICOM file into one Scan per chosen frame (`all`, `first`, `middle` or an index)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+    from pydicom.pixels import apply_modality_lut, convert_color_space
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(path)
+        arr = ds.pixel_array
+    except InvalidDicomError as exc:
+        raise ImageReadError(path, f"not a valid DICOM file ({exc})") from None
+    except (AttributeError, KeyError):
+        raise ImageReadError(path, "DICOM file holds no pixel data") from None
+    except Exception as exc:  # pydicom raises many types for broken pixel data
+        raise ImageReadError(path, f"cannot decode DICOM pixel data ({exc})") from None
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
+    samples = int(getattr(ds, "SamplesPerPixel", 1))
+    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if n_frames == 1:
+        arr = arr[None]
+    if samples == 1:
+        arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        if photometric == "MONOCHROME1":
+            arr = arr.max() - arr
+    elif photometric.startswith("YBR"):
+        arr = convert_color_space(arr, photometric, "RGB")
+    spacing = _pixel_spacing(ds)
+    chosen = _choose_frames(path, n_frames, frames)
+    multi = n_frames > 1
+    return [
+        Scan(arr[i], path, i if multi else None, spacing, {"photometric": photometric})
+        for i in chosen
+    ]
+
+
+def _pixel_spacing(ds) -> tuple[float, float] | None:
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = getattr(ds, key, None)
+        if value is not None and len(value) == 2:
+            return float(value[0]), float(value[1])
+    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
+    if regions:
+        r = regions[0]
+        # units code 3 = cm; PhysicalDelta is cm per pixel
+        if getattr(r, "PhysicalUnitsXDirection", None) == 3:
+            return float(r.PhysicalDeltaY) * 10.0, float(r.PhysicalDeltaX) * 10.0
+    return None
+
+
+def _choose_frames(path: Path, n: int, frames: str) -> list[int]:
+    if frames == "all":
+        return list(range(n))
+    if frames == "first":
+        return [0]
+    if frames == "middle":
+        return [n // 2]
+    try:
+        idx = [int(x) for x in str(frames).split(",")]
+    except ValueError:
+        raise ImageReadError(path, f"bad --frames value {frames!r}") from None
+    bad = [i for i in idx if not 0 <= i < n]
+    if bad:
+        raise ImageReadError(path, f"frame(s) {bad} out of range: file has {n} frame(s)")
+    return idx
+
+
+def read_scans(path: Path | str, frames: str = "all") -> list[Scan]:
+    """Read any supported file into a list of Scans (several for multi-frame DICOM)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(path, "file not found" if not path.exists() else "not a file")
+    if is_dicom(path):
+        return read_dicom(path, frames)
+    return [Scan(read_pil(path), path)]

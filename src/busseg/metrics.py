@@ -1,0 +1,90 @@
+"""Per-image segmentation metrics on binary masks, and their reductions.
+
+Conventions for empty masks (a normal scan, or a prediction with no lesion):
+- Dice and IoU are 1 when prediction and truth are both empty, 0 when only one is.
+- precision is NaN when nothing is predicted, recall NaN when the truth is empty;
+  specificity is NaN when the whole image is lesion. Means skip NaN.
+- HD95 (pixels, MONAI, 95th percentile of symmetric surface distances) is 0 when both are
+  empty and NaN when exactly one is; means skip NaN, so report `n_hd95` beside it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+METRICS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95")
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else math.nan
+
+
+def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
+    """95th-percentile Hausdorff distance in pixels between two binary masks (MONAI)."""
+    p, t = bool(pred.any()), bool(truth.any())
+    if not p and not t:
+        return 0.0
+    if p != t:
+        return math.nan
+    from monai.metrics import compute_hausdorff_distance
+
+    pt = torch.as_tensor(np.ascontiguousarray(pred), dtype=torch.float32)[None, None]
+    tt = torch.as_tensor(np.ascontiguousarray(truth), dtype=torch.float32)[None, None]
+    return float(compute_hausdorff_distance(pt, tt, percentile=95.0)[0, 0])
+
+
+def confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
+    """(TP, FP, FN, TN) pixel counts of two boolean masks of equal shape."""
+    if pred.shape != truth.shape:
+        raise ValueError(f"prediction shape {pred.shape} != mask shape {truth.shape}")
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    tp = int(np.count_nonzero(pred & truth))
+    fp = int(np.count_nonzero(pred & ~truth))
+    fn = int(np.count_nonzero(~pred & truth))
+    return tp, fp, fn, pred.size - tp - fp - fn
+
+
+def image_metrics(pred: np.ndarray, truth: np.ndarray, with_hd95: bool = True) -> dict[str, float]:
+    """All per-image metrics of one binary prediction against its binary truth."""
+    tp, fp, fn, tn = confusion(pred, truth)
+    both_empty = tp + fp + fn == 0
+    return {
+        "dice": 1.0 if both_empty else 2 * tp / (2 * tp + fp + fn),
+        "iou": 1.0 if both_empty else tp / (tp + fp + fn),
+        "accuracy": (tp + tn) / (tp + fp + fn + tn),
+        "precision": _ratio(tp, tp + fp),
+        "recall": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "hd95": hd95(pred.astype(bool), truth.astype(bool)) if with_hd95 else math.nan,
+    }
+
+
+def batch_dice(pred: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-image hard Dice of N x 1 x H x W boolean tensors (1 when both are empty)."""
+    p, t = pred.flatten(1).float(), truth.flatten(1).float()
+    inter = (p * t).sum(1)
+    denom = p.sum(1) + t.sum(1)
+    return torch.where(denom > 0, 2 * inter / denom.clamp_min(1e-9), torch.ones_like(denom))
+
+
+def nanmean(values: list[float]) -> float:
+    """Mean ignoring NaN; NaN when nothing is left."""
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    return float(arr.mean()) if arr.size else math.nan
+
+
+def bootstrap_ci(
+    values: list[float], n_boot: int = 2000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean (resampling images)."""
+    arr = np.asarray(values, dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return math.nan, math.nan
+    rng = np.random.default_rng(seed)
+    means = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))].mean(axis=1)
+    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))

@@ -1,0 +1,121 @@
+"""A small, readable U-Net: two 3x3 conv + BatchNorm + ReLU per block, 2x2 max-pool, channels
+doubling, a bottleneck, transposed-conv up-sampling with skip connections, a 1x1 conv to one logit.
+
+`stem_stride=2` runs the first stage at half resolution (a strided 3x3 conv stem, and a final
+transposed conv back to full size), which makes a 256x256 image cost about what a 128x128 one
+costs in the plain network. Input is a float image in [0, 1]; it is standardised per image inside
+the model, so every consumer (training, evaluation, prediction, ONNX) sees the same numbers.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Standardize(nn.Module):
+    """Per-image zero mean, unit variance over the spatial dims (and channels)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        var = (x - mean).pow(2).mean(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) / torch.sqrt(var + 1e-6)
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DoubleConv(nn.Sequential):
+    """Two 3x3 conv + BatchNorm + ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
+
+
+class Up(nn.Module):
+    """Transposed-conv up-sampling, concatenation with the skip, then a DoubleConv."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
+        self.conv = DoubleConv(2 * cout, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.cat([self.up(x), skip], dim=1))
+
+
+class UNet(nn.Module):
+    """U-Net returning logits (apply a sigmoid for probabilities).
+
+    Args:
+        width: channels of the first stage; stage k has width * 2**k.
+        depth: number of down-sampling steps (the bottleneck runs at 1 / 2**depth).
+        in_channels: input channels (1 for grayscale ultrasound).
+        stem_stride: 1 for the classic layout, 2 to run the first stage at half resolution.
+        deep_supervision: also return auxiliary logits from the two coarsest decoder stages
+            during training (ignored in eval mode).
+    """
+
+    def __init__(
+        self,
+        width: int = 16,
+        depth: int = 4,
+        in_channels: int = 1,
+        stem_stride: int = 1,
+        deep_supervision: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth < 1 or width < 1 or stem_stride not in (1, 2):
+            raise ValueError(f"bad UNet shape: width={width}, depth={depth}, stem={stem_stride}")
+        self.depth, self.stem_stride, self.deep_supervision = depth, stem_stride, deep_supervision
+        self.norm = Standardize()
+        chans = [width * 2**k for k in range(depth + 1)]
+        if stem_stride == 2:
+            self.inc = nn.Sequential(conv_bn_relu(in_channels, chans[0], 2),
+                                     conv_bn_relu(chans[0], chans[0]))
+        else:
+            self.inc = DoubleConv(in_channels, chans[0])
+        self.downs = nn.ModuleList(DoubleConv(chans[k], chans[k + 1]) for k in range(depth))
+        self.ups = nn.ModuleList(Up(chans[k + 1], chans[k]) for k in reversed(range(depth)))
+        if stem_stride == 2:
+            self.head_up = nn.ConvTranspose2d(chans[0], chans[0], 2, stride=2)
+            self.head = nn.Sequential(conv_bn_relu(chans[0], chans[0]), nn.Conv2d(chans[0], 1, 1))
+        else:
+            self.head_up = nn.Identity()
+            self.head = nn.Conv2d(chans[0], 1, 1)
+        self.aux = nn.ModuleList(nn.Conv2d(chans[k], 1, 1) for k in (2, 1)) if (
+            deep_supervision and depth >= 2) else None
+
+    @property
+    def multiple(self) -> int:
+        """Input sides are padded to a multiple of this."""
+        return 2**self.depth * self.stem_stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        h, w = x.shape[-2:]
+        m = self.multiple
+        ph, pw = (-h) % m, (-w) % m
+        x = self.norm(x)
+        if ph or pw:
+            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+        x = self.inc(x)
+        skips = [x]
+        for down in self.downs:
+            x = down(F.max_pool2d(x, 2))
+            skips.append(x)
+        skips.pop()
+        aux_out = []
+        for i, up in enumerate(self.ups):
+            x = up(x, skips.pop())
+            if self.aux is not None and self.training and i < 2:
+                aux_out.append(self.aux[i](x))
+        logits = self.head(self.head_up(x))[..., :h, :w]
+        if aux_out:
+            return [logits] + aux_out
+        return logits

@@ -1,0 +1,84 @@
+"""The one preprocessing path shared by prepare, training, evaluation, prediction and export.
+
+Images of any dtype and channel layout become float32 grayscale in [0, 1] (`to_gray01`), are
+resized with an area filter (`resize_image`), and masks are resized so they stay binary
+(`resize_mask`). Intensity standardisation (zero mean, unit variance per image) lives inside the
+model (`busseg.models.unet.Standardize`), so an exported ONNX graph needs exactly these steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def to_gray01(image: np.ndarray) -> np.ndarray:
+    """Return a 2-D float32 image in [0, 1] from gray, RGB, RGBA, bool, integer or float input."""
+    arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        src_dtype = np.asarray(image).dtype
+    elif arr.ndim == 3 and arr.shape[-1] == 1:
+        arr, src_dtype = arr[..., 0], arr.dtype
+    elif arr.ndim == 2:
+        src_dtype = arr.dtype
+    else:
+        raise ValueError(f"expected a 2-D gray or HxWx{{1,3,4}} image, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError("image is empty")
+    if src_dtype == np.bool_:
+        out = arr.astype(np.float32)
+    elif np.issubdtype(src_dtype, np.integer):
+        info = np.iinfo(src_dtype)
+        if info.max <= 255:
+            out = arr.astype(np.float32) / 255.0
+        else:  # 16/32-bit scans rarely use the full range: stretch what is there
+            out = _minmax(arr.astype(np.float32))
+    else:
+        out = arr.astype(np.float32)
+        if not np.isfinite(out).all():
+            raise ValueError("image holds NaN or infinite values")
+        if out.min() < 0.0 or out.max() > 1.0:
+            out = _minmax(out)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _minmax(arr: np.ndarray) -> np.ndarray:
+    lo, hi = float(arr.min()), float(arr.max())
+    return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+
+
+def resize_image(gray01: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a 2-D image (or an N x 1 x H x W batch) to `size` (H, W) with an area filter.
+
+    Down-sampling uses area averaging (anti-aliased); up-sampling uses bilinear interpolation.
+    """
+    t = torch.as_tensor(gray01, dtype=torch.float32)
+    squeeze = t.ndim == 2
+    if squeeze:
+        t = t[None, None]
+    h, w = t.shape[-2:]
+    if (h, w) != tuple(size):
+        mode = "area" if size[0] <= h and size[1] <= w else "bilinear"
+        kwargs = {} if mode == "area" else {"align_corners": False}
+        t = F.interpolate(t, size=tuple(size), mode=mode, **kwargs)
+    return t[0, 0] if squeeze else t
+
+
+def resize_mask(mask: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a binary mask to `size`, keeping it binary (area-weighted vote, threshold 0.5)."""
+    m = torch.as_tensor(np.asarray(mask) > 0 if not torch.is_tensor(mask) else mask > 0)
+    return resize_image(m.float(), size) >= 0.5
+
+
+def prepare_input(image: np.ndarray, size: int) -> torch.Tensor:
+    """Turn any image array into the model's 1 x 1 x size x size float input in [0, 1]."""
+    return resize_image(to_gray01(image), (size, size))[None, None]
+
+
+def resize_prob(prob: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize an N x 1 x h x w probability map back to an original (H, W) with bilinear filter."""
+    if tuple(prob.shape[-2:]) == tuple(size):
+        return prob
+    return F.interpolate(prob, size=tuple(size), mode="bilinear", align_corners=False)

@@ -1,0 +1,249 @@
+"""Training: in-memory data, batched augmentation, BCE + Dice, early stopping on val Dice."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import csv
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from busseg.checkpoint import build_from_config, save_checkpoint
+from busseg.config import TrainConfig, config_to_dict
+from busseg.data.augment import augment_batch
+from busseg.data.dataset import TensorSplit, load_split
+from busseg.losses import bce_dice_loss, deep_supervision_loss
+from busseg.metrics import batch_dice
+
+log = logging.getLogger("busseg.train")
+LOG_KEYS = ("loss", "acc", "dice")
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(name)
+
+
+def sample_weights(labels: list[str], normal_share: float) -> torch.Tensor:
+    """Per-sample weights giving benign and malignant (and unknown) equal total weight, and
+    normal images `normal_share` of the total (0 leaves them out)."""
+    lesion = [c for c in sorted(set(labels)) if c != "normal"]
+    share = {c: (1.0 - (normal_share if "normal" in labels else 0.0)) / max(len(lesion), 1)
+             for c in lesion}
+    share["normal"] = normal_share
+    counts = {c: labels.count(c) for c in set(labels)}
+    return torch.tensor([share[c] / counts[c] for c in labels], dtype=torch.double)
+
+
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """Step-wise multiplier: linear warm-up, then constant or cosine decay to 1%."""
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = max(cfg.epochs * steps_per_epoch, 1)
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if cfg.schedule == "cosine":
+            t = (step - warm) / max(total - warm, 1)
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+        return 1.0
+
+    return f
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw)")
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied."""
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def autocast_ctx(cfg: TrainConfig, device: torch.device):
+    """bf16 autocast on CUDA ('auto' or 'bf16'); none on CPU, where bf16 is far slower here."""
+    use = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: torch.device,
+             batch_size: int = 16) -> dict[str, float]:
+    """Mean loss, pixel accuracy and per-image Dice at the training size.
+
+    Dice is averaged over lesion images (benign, malignant, unknown) when the split has any, so
+    model selection tracks the lesion Dice that evaluation reports; normal images still count in
+    loss and accuracy."""
+    model.eval()
+    losses, accs, dices = [], [], []
+    for start in range(0, len(split), batch_size):
+        idx = torch.arange(start, min(start + batch_size, len(split)))
+        x, y = split.batch(idx, device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_ctx(cfg, device):
+            logits = model(x)
+        logits = logits.float()
+        losses.append(float(bce_dice_loss(logits, y)) * len(idx))
+        pred = torch.sigmoid(logits) >= cfg.threshold
+        accs.append(float((pred == (y > 0.5)).float().mean()) * len(idx))
+        dices.extend(batch_dice(pred, y > 0.5).tolist())
+    n = len(split)
+    lesion = [d for d, lab in zip(dices, split.labels) if lab != "normal"] or dices
+    return {"loss": sum(losses) / n, "acc": sum(accs) / n, "dice": float(np.mean(lesion))}
+
+
+def _save_logs(out: Path, history: list[dict]) -> None:
+    for phase in ("train", "val"):
+        for key in LOG_KEYS:
+            np.save(out / f"{phase}_{key}.npy", np.array([h[f"{phase}_{key}"] for h in history]))
+    with open(out / "history.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    """Train a model as `cfg` says; return a summary (best val Dice, epoch, paths, time)."""
+    device = resolve_device(cfg.device)
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = Path(cfg.data)
+    t_load = time.time()
+    train_set = load_split(data / "train", cfg.size)
+    val_set = load_split(data / "val", cfg.size)
+    log.info("loaded %d train / %d val images in %.1fs", len(train_set), len(val_set),
+             time.time() - t_load)
+    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    if (data / "splits.json").is_file():
+        shutil.copy(data / "splits.json", out / "splits.json")
+
+    model = build_from_config(config_to_dict(cfg.model)).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = copy.deepcopy(model) if cfg.ema > 0 else None
+    opt = make_optimizer(cfg, model)
+    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    weights = sample_weights(train_set.labels, cfg.normal_share)
+    malignant = torch.tensor([lab == "malignant" for lab in train_set.labels])
+    history: list[dict] = []
+    best, best_epoch, bad, start_epoch, elapsed = -1.0, -1, 0, 0, 0.0
+
+    last_path, best_path = out / "last.pt", out / "unet_final.pt"
+    if resume:
+        if not last_path.is_file():
+            raise FileNotFoundError(f"{last_path}: nothing to resume from")
+        st = torch.load(last_path, map_location="cpu", weights_only=True)
+        model.load_state_dict(st["model_state"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        if ema is not None and st.get("ema_state") is not None:
+            ema.load_state_dict(st["ema_state"])
+        gen.set_state(st["gen_state"])
+        aug_gen.set_state(st["aug_gen_state"].to(aug_gen.get_state().device))
+        torch.set_rng_state(st["torch_rng"])
+        history, best, best_epoch, bad = st["history"], st["best"], st["best_epoch"], st["bad"]
+        start_epoch, elapsed = st["epoch"] + 1, st.get("elapsed", 0.0)
+        log.info("resumed from %s at epoch %d", last_path, start_epoch)
+
+    t0 = time.time() - elapsed
+    stopped = False
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        order = torch.multinomial(weights, len(train_set), replacement=True, generator=gen)
+        sums = {"loss": 0.0, "acc": 0.0, "dice": 0.0}
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not cfg.progress, leave=False, unit="batch")
+        for step in bar:
+            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+            x, y = train_set.batch(idx, device)
+            x, y = augment_batch(x, y, malignant[idx], cfg.augment, aug_gen)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast_ctx(cfg, device):
+                outputs = model(x)
+            outputs = [o.float() for o in outputs] if isinstance(outputs, list) else outputs.float()
+            loss = deep_supervision_loss(outputs, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if ema is not None:
+                ema_update(ema, model, cfg.ema)
+            with torch.no_grad():
+                logits = outputs[0] if isinstance(outputs, list) else outputs
+                pred = logits >= 0  # sigmoid(logit) >= 0.5
+                sums["loss"] += float(loss.detach()) * len(idx)
+                sums["acc"] += float((pred == (y > 0.5)).float().mean()) * len(idx)
+                sums["dice"] += float(batch_dice(pred, y > 0.5).sum())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        n = len(order)
+        row = {"epoch": epoch + 1, **{f"train_{k}": v / n for k, v in sums.items()}}
+        eval_model = ema if ema is not None else model
+        val = validate(eval_model, val_set, cfg, device)
+        row.update({f"val_{k}": v for k, v in val.items()})
+        row["lr"] = opt.param_groups[0]["lr"]
+        row["time_s"] = time.time() - t0
+        history.append(row)
+        improved = val["dice"] > best
+        if improved:
+            best, best_epoch, bad = val["dice"], epoch + 1, 0
+            save_checkpoint(best_path, {
+                "model_state": eval_model.state_dict(), "config": config_to_dict(cfg),
+                "epoch": epoch + 1, "metrics": {f"val_{k}": v for k, v in val.items()},
+                "threshold": cfg.threshold,
+            })
+        else:
+            bad += 1
+        msg = (f"epoch {epoch + 1:>3}  train loss {row['train_loss']:.4f} dice "
+               f"{row['train_dice']:.4f}  val loss {val['loss']:.4f} dice {val['dice']:.4f}"
+               f"{' *' if improved else ''}  {row['time_s']:.0f}s")
+        log.info(msg)
+        _save_logs(out, history)
+        stopped = bad >= cfg.patience and epoch + 1 >= cfg.min_epochs
+        save_checkpoint(last_path, {
+            "model_state": model.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "ema_state": ema.state_dict() if ema is not None else None,
+            "gen_state": gen.get_state(), "aug_gen_state": aug_gen.get_state().cpu(),
+            "torch_rng": torch.get_rng_state(), "history": history, "best": best,
+            "best_epoch": best_epoch, "bad": bad, "epoch": epoch, "elapsed": time.time() - t0,
+            "config": config_to_dict(cfg), "stopped": stopped,
+        })
+        if stopped:
+            log.info("early stop: val Dice has not improved for %d epochs", cfg.patience)
+            break
+    summary = {"best_val_dice": best, "best_epoch": best_epoch, "epochs_run": len(history),
+               "train_time_s": time.time() - t0, "checkpoint": str(best_path),
+               "early_stopped": stopped, "device": str(device)}
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
