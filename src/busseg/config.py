@@ -103,7 +103,9 @@ def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
     return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
 
 
-def resolve_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+def resolve_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> TrainConfig:
     """Defaults, then the YAML file at `path`, then `key=value` overrides (dotted keys nest)."""
     data: dict = {}
     if path is not None:

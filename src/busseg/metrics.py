@@ -11,6 +11,7 @@ Conventions for empty masks (a normal scan, or a prediction with no lesion):
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
@@ -33,7 +34,9 @@ def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
 
     pt = torch.as_tensor(np.ascontiguousarray(pred), dtype=torch.float32)[None, None]
     tt = torch.as_tensor(np.ascontiguousarray(truth), dtype=torch.float32)[None, None]
-    return float(compute_hausdorff_distance(pt, tt, percentile=95.0)[0, 0])
+    with warnings.catch_warnings():  # MONAI warns about its own deprecated internal argument
+        warnings.simplefilter("ignore", FutureWarning)
+        return float(compute_hausdorff_distance(pt, tt, percentile=95.0)[0, 0])
 
 
 def confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:

@@ -208,8 +208,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         n = len(order)
         row = {"epoch": epoch + 1, **{f"train_{k}": v / n for k, v in sums.items()}}
-        eval_model = ema if ema is not None else model
-        val = validate(eval_model, val_set, cfg, device)
+        val = validate(model, val_set, cfg, device)
+        eval_model = model
+        if ema is not None:  # EMA lags early in training: keep whichever is better on val
+            val_ema = validate(ema, val_set, cfg, device)
+            row["val_dice_raw"], row["val_dice_ema"] = val["dice"], val_ema["dice"]
+            if val_ema["dice"] >= val["dice"]:
+                val, eval_model = val_ema, ema
         row.update({f"val_{k}": v for k, v in val.items()})
         row["lr"] = opt.param_groups[0]["lr"]
         row["time_s"] = time.time() - t0
@@ -220,7 +225,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             save_checkpoint(best_path, {
                 "model_state": eval_model.state_dict(), "config": config_to_dict(cfg),
                 "epoch": epoch + 1, "metrics": {f"val_{k}": v for k, v in val.items()},
-                "threshold": cfg.threshold,
+                "threshold": cfg.threshold, "ema": eval_model is ema,
             })
         else:
             bad += 1

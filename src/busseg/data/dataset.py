@@ -46,7 +46,9 @@ def load_pair(img: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
     gray = to_gray01(read_pil(img))
     m = read_mask(mask)
     if m.shape != gray.shape:
-        raise ImageReadError(mask, f"mask size {m.shape[::-1]} differs from image {gray.shape[::-1]}")
+        raise ImageReadError(
+            mask, f"mask size {m.shape[::-1]} differs from image {gray.shape[::-1]}"
+        )
     return gray, m
 
 

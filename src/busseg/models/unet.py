@@ -101,9 +101,9 @@ class UNet(nn.Module):
         h, w = x.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
-        x = self.norm(x)
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph), mode="reflect" if min(h, w) > max(ph, pw) else "constant")
+        # Always pad (by zero when aligned) so traced/exported graphs keep dynamic sizes; zero is
+        # the image mean after standardisation.
+        x = F.pad(self.norm(x), (0, pw, 0, ph))
         x = self.inc(x)
         skips = [x]
         for down in self.downs:

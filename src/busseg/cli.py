@@ -1,0 +1,156 @@
+"""`busseg <verb>`: thin command-line wrappers over the package's functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from busseg import __version__
+
+
+def _prepare(a: argparse.Namespace) -> int:
+    from busseg.data.prepare import prepare
+
+    report = prepare(a.raw, a.out, size=a.size, seed=a.seed, include_normal=a.include_normal,
+                     twin_threshold=a.twin_threshold)
+    print(report.summary())
+    print(f"wrote {a.out}/{{train,val,test}}, {a.out}/splits.json, {a.out}/manifest.csv")
+    return 0
+
+
+def _train(a: argparse.Namespace) -> int:
+    from busseg.config import resolve_config
+    from busseg.train import train
+
+    overrides = list(a.set or [])
+    for key in ("data", "out", "epochs", "batch_size", "lr", "seed", "device", "size"):
+        value = getattr(a, key)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if a.no_progress:
+        overrides.append("progress=false")
+    cfg = resolve_config(a.config, overrides)
+    summary = train(cfg, resume=a.resume)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from busseg.evaluate import evaluate, format_summary
+
+    s = evaluate(a.checkpoint, a.data, a.out, threshold=a.threshold, tta=a.tta, device=a.device)
+    print(format_summary(s))
+    print(f"wrote {a.out}/metrics.json, {a.out}/per_image.csv, {a.out}/test_preds/")
+    return 1 if s["errors"] else 0
+
+
+def _predict(a: argparse.Namespace) -> int:
+    from busseg.predict import predict, sample_files
+
+    inputs = list(a.inputs) + (sample_files() if a.samples else [])
+    if not inputs:
+        print("error: give INPUT files/folders/globs, or --samples", file=sys.stderr)
+        return 2
+    r = predict(inputs, a.out, checkpoint=a.checkpoint, threshold=a.threshold, tta=a.tta,
+                save_prob=a.save_prob, overlay=a.overlay, device=a.device,
+                batch_size=a.batch_size, backend=a.backend, onnx_path=a.onnx, frames=a.frames)
+    for e in r.errors:
+        print(f"error: {e}", file=sys.stderr)
+    print(f"segmented {len(r.rows)} image(s) into {a.out} ({len(r.errors)} failed)")
+    return 1 if r.errors else 0
+
+
+def _export(a: argparse.Namespace) -> int:
+    from busseg.export import export_onnx
+
+    if a.format != "onnx":
+        print(f"error: unknown format {a.format!r}", file=sys.stderr)
+        return 2
+    print(f"wrote {export_onnx(a.checkpoint, a.out)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="busseg", description=__doc__)
+    p.add_argument("--version", action="version", version=f"busseg {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    s = sub.add_parser("prepare", help="raw BUSI -> resized, leakage-free train/val/test split")
+    s.add_argument("--raw", required=True, help="the Dataset_BUSI_with_GT folder")
+    s.add_argument("--out", default="data", help="output folder (default: data)")
+    s.add_argument("--size", type=int, default=256, help="side of the square output images")
+    s.add_argument("--seed", type=int, default=0, help="split seed")
+    s.add_argument("--include-normal", action="store_true", help="add normal images (empty masks)")
+    s.add_argument("--twin-threshold", type=float, default=0.90,
+                   help="thumbnail correlation at which two images count as near-duplicates")
+    s.set_defaults(func=_prepare)
+
+    s = sub.add_parser("train", help="train a model (config file + overrides)")
+    s.add_argument("--config", help="YAML config (see configs/)")
+    s.add_argument("--data", help="prepared data folder (default: data)")
+    s.add_argument("--out", help="run folder (default: results)")
+    s.add_argument("--epochs", type=int)
+    s.add_argument("--batch-size", dest="batch_size", type=int)
+    s.add_argument("--lr", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--size", type=int)
+    s.add_argument("--device", help="auto, cpu or cuda")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set model.width=24 (repeatable)")
+    s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_train)
+
+    s = sub.add_parser("evaluate", help="score a model on a folder of images and masks")
+    s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
+    s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
+    s.add_argument("--out", default="results", help="where metrics and predictions go")
+    s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
+    s.add_argument("--tta", action="store_true", help="average with the horizontal flip")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=_evaluate)
+
+    s = sub.add_parser("predict", help="segment new scans (PNG, JPEG, BMP, TIFF, DICOM)")
+    s.add_argument("inputs", nargs="*", metavar="INPUT", help="files, folders or globs")
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--samples", action="store_true", help="also segment the shipped samples")
+    s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
+    s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
+    s.add_argument("--tta", action="store_true", help="average with the horizontal flip")
+    s.add_argument("--save-prob", action="store_true", help="also write <stem>_prob.png")
+    s.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--batch-size", type=int, default=4)
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    s.add_argument("--onnx", help="an exported .onnx file for --backend onnx")
+    s.add_argument("--frames", default="all",
+                   help="DICOM frames: all, first, middle or indices like 0,5")
+    s.set_defaults(func=_predict)
+
+    s = sub.add_parser("export", help="export a model to ONNX")
+    s.add_argument("--format", default="onnx", help="onnx")
+    s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
+    s.add_argument("--out", default="model.onnx")
+    s.set_defaults(func=_export)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; expected failures print one line naming the problem, exit code non-zero."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+import pytest
+
+from busseg.config import resolve_config
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epochs: 7\nmodel:\n  width: 8\n")
+    cfg = resolve_config(path, ["lr=0.01", "model.depth=3", "channels_last=false"])
+    assert cfg.epochs == 7 and cfg.model.width == 8 and cfg.model.depth == 3
+    assert cfg.lr == 0.01 and cfg.channels_last is False and cfg.batch_size == 8
+
+
+def test_unknown_keys_are_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown config key.*epoch"):
+        resolve_config(None, ["epoch=3"])
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  widht: 8\n")
+    with pytest.raises(ValueError, match="model.widht"):
+        resolve_config(path)
+
+
+def test_bad_values(tmp_path):
+    with pytest.raises(ValueError, match="epochs"):
+        resolve_config(None, ["epochs=many"])
+    with pytest.raises(ValueError, match="key=value"):
+        resolve_config(None, ["epochs"])
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        resolve_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_recipe_parses():
+    from pathlib import Path
+
+    cfg = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml")
+    assert cfg.model.width == 16 and cfg.optimizer == "adamw"
