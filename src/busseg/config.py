@@ -70,6 +70,7 @@ class TrainConfig:
     val_every: int = 1
     threshold: float = 0.5
     progress: bool = True
+    sync_bn: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

@@ -22,6 +22,8 @@ from busseg.checkpoint import build_from_config, save_checkpoint
 from busseg.config import TrainConfig, config_to_dict
 from busseg.data.augment import augment_batch
 from busseg.data.dataset import TensorSplit, load_split
+from busseg.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, cleanup
+from busseg.distributed import setup as dist_setup
 from busseg.losses import bce_dice_loss, deep_supervision_loss
 from busseg.metrics import batch_dice
 
@@ -90,29 +92,36 @@ def autocast_ctx(cfg: TrainConfig, device: torch.device):
 
 @torch.no_grad()
 def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: torch.device,
-             batch_size: int = 16) -> dict[str, float]:
+             batch_size: int = 16, info: DistInfo | None = None) -> dict[str, float]:
     """Mean loss, pixel accuracy and per-image Dice at the training size.
 
     Dice is averaged over lesion images (benign, malignant, unknown) when the split has any, so
     model selection tracks the lesion Dice that evaluation reports; normal images still count in
-    loss and accuracy."""
+    loss and accuracy. Under DDP each rank scores a shard and the sums are reduced.
+    """
+    info = info or DistInfo()
     model.eval()
-    losses, accs, dices = [], [], []
-    for start in range(0, len(split), batch_size):
-        idx = torch.arange(start, min(start + batch_size, len(split)))
+    loss_sum = acc_sum = dice_sum = n_lesion = 0.0
+    has_lesion = any(lab != "normal" for lab in split.labels)
+    mine = torch.arange(info.rank, len(split), info.world)
+    for start in range(0, len(mine), batch_size):
+        idx = mine[start:start + batch_size]
         x, y = split.batch(idx, device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_ctx(cfg, device):
             logits = model(x)
         logits = logits.float()
-        losses.append(float(bce_dice_loss(logits, y)) * len(idx))
+        loss_sum += float(bce_dice_loss(logits, y)) * len(idx)
         pred = torch.sigmoid(logits) >= cfg.threshold
-        accs.append(float((pred == (y > 0.5)).float().mean()) * len(idx))
-        dices.extend(batch_dice(pred, y > 0.5).tolist())
+        acc_sum += float((pred == (y > 0.5)).float().mean()) * len(idx)
+        keep = torch.tensor([(split.labels[i] != "normal") or not has_lesion for i in idx])
+        dice_sum += float(batch_dice(pred, y > 0.5).cpu()[keep].sum())
+        n_lesion += float(keep.sum())
+    loss_sum, acc_sum, dice_sum, n_lesion = all_reduce_sum(
+        [loss_sum, acc_sum, dice_sum, n_lesion], info, device)
     n = len(split)
-    lesion = [d for d, lab in zip(dices, split.labels) if lab != "normal"] or dices
-    return {"loss": sum(losses) / n, "acc": sum(accs) / n, "dice": float(np.mean(lesion))}
+    return {"loss": loss_sum / n, "acc": acc_sum / n, "dice": dice_sum / max(n_lesion, 1.0)}
 
 
 def _save_logs(out: Path, history: list[dict]) -> None:
@@ -126,33 +135,61 @@ def _save_logs(out: Path, history: list[dict]) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
-    """Train a model as `cfg` says; return a summary (best val Dice, epoch, paths, time)."""
-    device = resolve_device(cfg.device)
+    """Train a model as `cfg` says; return a summary (best val Dice, epoch, paths, time).
+
+    Under torchrun (WORLD_SIZE > 1) each rank trains on its share of every global batch of
+    `batch_size * world` images with DistributedDataParallel; rank 0 alone logs and saves.
+    """
+    info, device = dist_setup(resolve_device(cfg.device))
+    try:
+        return _train(cfg, resume, info, device)
+    finally:
+        cleanup(info)
+
+
+def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     data = Path(cfg.data)
     t_load = time.time()
     train_set = load_split(data / "train", cfg.size)
     val_set = load_split(data / "val", cfg.size)
-    log.info("loaded %d train / %d val images in %.1fs", len(train_set), len(val_set),
-             time.time() - t_load)
-    (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    if (data / "splits.json").is_file():
-        shutil.copy(data / "splits.json", out / "splits.json")
+    if info.main:
+        out.mkdir(parents=True, exist_ok=True)
+        log.info("loaded %d train / %d val images in %.1fs on %s (world %d)", len(train_set),
+                 len(val_set), time.time() - t_load, device, info.world)
+        (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        if (data / "splits.json").is_file():
+            shutil.copy(data / "splits.json", out / "splits.json")
+    if device.type == "cuda":  # data and augmentation live on the GPU
+        train_set = TensorSplit(train_set.images.to(device), train_set.masks.to(device),
+                                train_set.names, train_set.labels)
+        val_set = TensorSplit(val_set.images.to(device), val_set.masks.to(device),
+                              val_set.names, val_set.labels)
 
     model = build_from_config(config_to_dict(cfg.model)).to(device)
+    if cfg.sync_bn and info.enabled:
+        if device.type != "cuda":
+            raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU path)")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model) if cfg.ema > 0 else None
+    net: nn.Module = model
+    if info.enabled:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = make_optimizer(cfg, model)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.batch_size)
+    global_batch = cfg.batch_size * info.world
+    steps_per_epoch = math.ceil(len(train_set) / global_batch)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, steps_per_epoch))
+    # the sampling generator is the same on every rank (one global order per epoch), the
+    # augmentation generator differs per rank
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 1000 * info.rank)
     weights = sample_weights(train_set.labels, cfg.normal_share)
     malignant = torch.tensor([lab == "malignant" for lab in train_set.labels])
     history: list[dict] = []
@@ -169,28 +206,33 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         if ema is not None and st.get("ema_state") is not None:
             ema.load_state_dict(st["ema_state"])
         gen.set_state(st["gen_state"])
-        aug_gen.set_state(st["aug_gen_state"].to(aug_gen.get_state().device))
+        aug_states = st["aug_gen_states"]
+        if info.rank < len(aug_states):
+            aug_gen.set_state(aug_states[info.rank].to(aug_gen.get_state().device))
         torch.set_rng_state(st["torch_rng"])
         history, best, best_epoch, bad = st["history"], st["best"], st["best_epoch"], st["bad"]
         start_epoch, elapsed = st["epoch"] + 1, st.get("elapsed", 0.0)
-        log.info("resumed from %s at epoch %d", last_path, start_epoch)
+        if info.main:
+            log.info("resumed from %s at epoch %d", last_path, start_epoch + 1)
 
     t0 = time.time() - elapsed
     stopped = False
     for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        order = torch.multinomial(weights, len(train_set), replacement=True, generator=gen)
-        sums = {"loss": 0.0, "acc": 0.0, "dice": 0.0}
+        net.train()
+        order = torch.multinomial(weights, steps_per_epoch * global_batch, replacement=True,
+                                  generator=gen)
+        sums = [0.0, 0.0, 0.0, 0.0]  # loss, acc, dice (image-weighted), images
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not cfg.progress, leave=False, unit="batch")
+                   disable=not (cfg.progress and info.main), leave=False, unit="batch")
         for step in bar:
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x, y = train_set.batch(idx, device)
+            start = step * global_batch + info.rank * cfg.batch_size
+            idx = order[start:start + cfg.batch_size]
+            x, y = train_set.batch(idx.to(train_set.images.device), device)
             x, y = augment_batch(x, y, malignant[idx], cfg.augment, aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast_ctx(cfg, device):
-                outputs = model(x)
+                outputs = net(x)
             outputs = [o.float() for o in outputs] if isinstance(outputs, list) else outputs.float()
             loss = deep_supervision_loss(outputs, y)
             opt.zero_grad(set_to_none=True)
@@ -202,16 +244,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
             with torch.no_grad():
                 logits = outputs[0] if isinstance(outputs, list) else outputs
                 pred = logits >= 0  # sigmoid(logit) >= 0.5
-                sums["loss"] += float(loss.detach()) * len(idx)
-                sums["acc"] += float((pred == (y > 0.5)).float().mean()) * len(idx)
-                sums["dice"] += float(batch_dice(pred, y > 0.5).sum())
+                sums[0] += float(loss.detach()) * len(idx)
+                sums[1] += float((pred == (y > 0.5)).float().mean()) * len(idx)
+                sums[2] += float(batch_dice(pred, y > 0.5).sum())
+                sums[3] += len(idx)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        n = len(order)
-        row = {"epoch": epoch + 1, **{f"train_{k}": v / n for k, v in sums.items()}}
-        val = validate(model, val_set, cfg, device)
+        sums = all_reduce_sum(sums, info, device)
+        row = {"epoch": epoch + 1, "train_loss": sums[0] / sums[3],
+               "train_acc": sums[1] / sums[3], "train_dice": sums[2] / sums[3]}
+        val = validate(model, val_set, cfg, device, info=info)
         eval_model = model
         if ema is not None:  # EMA lags early in training: keep whichever is better on val
-            val_ema = validate(ema, val_set, cfg, device)
+            val_ema = validate(ema, val_set, cfg, device, info=info)
             row["val_dice_raw"], row["val_dice_ema"] = val["dice"], val_ema["dice"]
             if val_ema["dice"] >= val["dice"]:
                 val, eval_model = val_ema, ema
@@ -222,33 +266,64 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
         improved = val["dice"] > best
         if improved:
             best, best_epoch, bad = val["dice"], epoch + 1, 0
-            save_checkpoint(best_path, {
-                "model_state": eval_model.state_dict(), "config": config_to_dict(cfg),
-                "epoch": epoch + 1, "metrics": {f"val_{k}": v for k, v in val.items()},
-                "threshold": cfg.threshold, "ema": eval_model is ema,
-            })
         else:
             bad += 1
-        msg = (f"epoch {epoch + 1:>3}  train loss {row['train_loss']:.4f} dice "
-               f"{row['train_dice']:.4f}  val loss {val['loss']:.4f} dice {val['dice']:.4f}"
-               f"{' *' if improved else ''}  {row['time_s']:.0f}s")
-        log.info(msg)
-        _save_logs(out, history)
-        stopped = bad >= cfg.patience and epoch + 1 >= cfg.min_epochs
-        save_checkpoint(last_path, {
-            "model_state": model.state_dict(), "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "ema_state": ema.state_dict() if ema is not None else None,
-            "gen_state": gen.get_state(), "aug_gen_state": aug_gen.get_state().cpu(),
-            "torch_rng": torch.get_rng_state(), "history": history, "best": best,
-            "best_epoch": best_epoch, "bad": bad, "epoch": epoch, "elapsed": time.time() - t0,
-            "config": config_to_dict(cfg), "stopped": stopped,
-        })
+        stopped = broadcast_flag(bad >= cfg.patience and epoch + 1 >= cfg.min_epochs,
+                                 info, device)
+        if info.main:
+            if improved:
+                save_checkpoint(best_path, {
+                    "model_state": plain_state(eval_model), "config": config_to_dict(cfg),
+                    "epoch": epoch + 1, "metrics": {f"val_{k}": v for k, v in val.items()},
+                    "threshold": cfg.threshold, "ema": eval_model is ema,
+                })
+            log.info(f"epoch {epoch + 1:>3}  train loss {row['train_loss']:.4f} dice "
+                     f"{row['train_dice']:.4f}  val loss {val['loss']:.4f} dice {val['dice']:.4f}"
+                     f"{' *' if improved else ''}  {row['time_s']:.0f}s")
+            _save_logs(out, history)
+        aug_states = gather_states(aug_gen.get_state().cpu(), info)
+        if info.main:
+            save_checkpoint(last_path, {
+                "model_state": plain_state(model), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "ema_state": plain_state(ema) if ema is not None else None,
+                "gen_state": gen.get_state(), "aug_gen_states": aug_states,
+                "torch_rng": torch.get_rng_state(), "history": history, "best": best,
+                "best_epoch": best_epoch, "bad": bad, "epoch": epoch,
+                "elapsed": time.time() - t0, "config": config_to_dict(cfg), "stopped": stopped,
+            })
+        barrier(info)
         if stopped:
-            log.info("early stop: val Dice has not improved for %d epochs", cfg.patience)
+            if info.main:
+                log.info("early stop: val Dice has not improved for %d epochs", cfg.patience)
             break
     summary = {"best_val_dice": best, "best_epoch": best_epoch, "epochs_run": len(history),
                "train_time_s": time.time() - t0, "checkpoint": str(best_path),
-               "early_stopped": stopped, "device": str(device)}
-    (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
+               "early_stopped": stopped, "device": str(device), "world_size": info.world,
+               "rank_weight_checksums": gather_states(weight_checksum(model), info)}
+    if info.main:
+        (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def weight_checksum(model: nn.Module) -> list[float]:
+    """(sum, sum of squares) of all parameters: equal on every rank when DDP keeps them in sync."""
+    with torch.no_grad():
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in model.parameters()])
+    return [float(flat.sum()), float(flat.pow(2).sum())]
+
+
+def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU state dict with plain BatchNorm keys (SyncBatchNorm shares them)."""
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def gather_states(state, info: DistInfo) -> list:
+    """Every rank's value of `state` (generator states for an exact resume, checksums)."""
+    if not info.enabled:
+        return [state]
+    import torch.distributed as dist
+
+    out: list = [None] * info.world
+    dist.all_gather_object(out, state)
+    return out
