@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-VERBS = ["prepare", "train", "evaluate", "predict", "export"]
+VERBS = ["prepare", "train", "evaluate", "predict", "export", "tune", "report"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

@@ -25,6 +25,16 @@ class LoadedModel:
     threshold: float
     name: str
     meta: dict
+    min_area_frac: float = 0.0
+    keep_largest: bool = False
+    tta: bool = False
+
+    def postprocess(self, prob, threshold: float | None = None):
+        """The model's own post-processing (threshold, small-component removal) of a prob map."""
+        from busseg.inference import postprocess
+
+        thr = self.threshold if threshold is None else threshold
+        return postprocess(prob, thr, self.min_area_frac, self.keep_largest)
 
 
 def build_from_config(model_cfg: dict) -> nn.Module:
@@ -65,14 +75,17 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
         cfg = ckpt.get("config", {})
         meta = {"model": cfg.get("model", {}), "size": cfg.get("size", 256),
                 "threshold": ckpt.get("threshold", cfg.get("threshold", 0.5)),
-                "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {})}
+                "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
+                **ckpt.get("postprocess", {})}
     net = build_from_config(meta.get("model", {}))
     net.load_state_dict(state)
     net.eval().to(device)
     if device != "cuda":
         net = net.to(memory_format=torch.channels_last)
     return LoadedModel(net, int(meta.get("size", 256)), float(meta.get("threshold", 0.5)),
-                       meta.get("name", path.stem), meta)
+                       meta.get("name", path.stem), meta,
+                       float(meta.get("min_area_frac", 0.0)), bool(meta.get("keep_largest", False)),
+                       bool(meta.get("tta", False)))
 
 
 def export_safetensors(checkpoint: Path | str, out: Path | str, name: str = "busseg_default",
@@ -84,7 +97,8 @@ def export_safetensors(checkpoint: Path | str, out: Path | str, name: str = "bus
     cfg = ckpt["config"]
     meta = {"name": name, "model": cfg["model"], "size": cfg["size"],
             "threshold": ckpt.get("threshold", cfg.get("threshold", 0.5)),
-            "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}), **(extra or {})}
+            "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
+            **ckpt.get("postprocess", {}), **(extra or {})}
     state = {k: v.contiguous() for k, v in ckpt["model_state"].items()}
     save_file(state, str(out), metadata={"busseg": json.dumps(meta)})
     return Path(out)

@@ -62,6 +62,27 @@ def _predict(a: argparse.Namespace) -> int:
     return 1 if r.errors else 0
 
 
+def _tune(a: argparse.Namespace) -> int:
+    from busseg.tune import tune_postprocess
+
+    r = tune_postprocess(a.checkpoint, a.data)
+    for label in ("baseline", "best"):
+        b = r[label]
+        print(f"{label:<8} tta={b['tta']!s:<5} threshold={b['threshold']:.2f} "
+              f"min_area={b['min_area_frac']:.4f} keep_largest={b['keep_largest']!s:<5} "
+              f"val Dice all {b['dice_all']:.4f} lesion {b['dice_lesion']:.4f} "
+              f"normal FP {b['normal_fp_rate']}")
+    print(f"stored the best setting in {a.checkpoint}")
+    return 0
+
+
+def _report(a: argparse.Namespace) -> int:
+    from busseg.report import build_report
+
+    print(f"wrote {build_report(a.run_dir, a.data, a.out)}")
+    return 0
+
+
 def _export(a: argparse.Namespace) -> int:
     from busseg.export import export_onnx
 
@@ -108,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
     s.add_argument("--out", default="results", help="where metrics and predictions go")
     s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
-    s.add_argument("--tta", action="store_true", help="average with the horizontal flip")
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the horizontal flip (default: the model's setting)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=_evaluate)
 
@@ -118,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--samples", action="store_true", help="also segment the shipped samples")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
     s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
-    s.add_argument("--tta", action="store_true", help="average with the horizontal flip")
+    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the horizontal flip (default: the model's setting)")
     s.add_argument("--save-prob", action="store_true", help="also write <stem>_prob.png")
     s.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     s.add_argument("--device", default="cpu")
@@ -128,6 +151,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--frames", default="all",
                    help="DICOM frames: all, first, middle or indices like 0,5")
     s.set_defaults(func=_predict)
+
+    s = sub.add_parser("tune", help="choose threshold, post-processing and TTA on val")
+    s.add_argument("--checkpoint", required=True, help="a .pt checkpoint (updated in place)")
+    s.add_argument("--data", default="data/val", help="validation folder (never the test set)")
+    s.set_defaults(func=_tune)
+
+    s = sub.add_parser("report", help="self-contained HTML report of a run")
+    s.add_argument("run_dir", nargs="?", help="run folder (default: the shipped model)")
+    s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
+    s.add_argument("--out", default="report.html")
+    s.set_defaults(func=_report)
 
     s = sub.add_parser("export", help="export a model to ONNX")
     s.add_argument("--format", default="onnx", help="onnx")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,18 +44,21 @@ def evaluate(
     data: Path | str,
     out: Path | str = "results",
     threshold: float | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     device: str = "cpu",
     batch_size: int = 8,
     progress: bool = True,
+    on_image: Callable[[dict, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
 ) -> dict:
     """Score a model on `data/images` + `data/masks`; write metrics.json, per_image.csv, PNGs.
 
     The summary metrics (`dice`, `iou`, ...) are means over lesion images (all images when the
     folder holds only normal ones); `per_class` has every class, normal included.
+    `on_image(row, gray, truth, prob)` is called for each scored image (used by the report).
     """
     loaded = load_model(checkpoint, device)
     thr = loaded.threshold if threshold is None else threshold
+    tta = loaded.tta if tta is None else tta
     forward = torch_forward(loaded, device)
     out = Path(out)
     pred_dir = out / "test_preds"
@@ -68,16 +72,20 @@ def evaluate(
             errors.append(str(exc))
             continue
         prob = predict_probs(forward, [gray], loaded.size, tta, batch_size)[0]
-        pred = prob >= thr
+        pred = loaded.postprocess(prob, thr)
         Image.fromarray(pred.astype(np.uint8) * 255).save(pred_dir / f"{img_path.stem}_pred.png")
         m = image_metrics(pred, truth)
         rows.append({"name": img_path.stem, "class": class_of(img_path.stem),
                      "height": truth.shape[0], "width": truth.shape[1],
                      "true_area": int(truth.sum()), "pred_area": int(pred.sum()), **m})
+        if on_image is not None:
+            on_image(rows[-1], gray, truth, prob)
     if not rows:
         raise ValueError(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)
-    summary.update({"threshold": thr, "tta": tta, "checkpoint": str(checkpoint or "shipped"),
+    summary.update({"threshold": thr, "min_area_frac": loaded.min_area_frac,
+                    "keep_largest": loaded.keep_largest, "tta": tta,
+                    "checkpoint": str(checkpoint or "shipped"),
                     "model": loaded.name, "data": str(data), "errors": errors})
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     with open(out / "per_image.csv", "w", newline="") as fh:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from busseg.checkpoint import LoadedModel, load_model
 from busseg.preprocess import prepare_input, resize_prob, to_gray01
@@ -64,16 +65,35 @@ def predict_probs(
     return out
 
 
+def postprocess(prob: np.ndarray, threshold: float, min_area_frac: float = 0.0,
+                keep_largest: bool = False) -> np.ndarray:
+    """Threshold a probability map, then drop connected components smaller than
+    `min_area_frac` of the image and, with `keep_largest`, all but the largest one."""
+    mask = prob >= threshold
+    if not mask.any() or (min_area_frac <= 0 and not keep_largest):
+        return mask
+    labels, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    areas = np.bincount(labels.ravel())[1:]
+    keep = areas >= min_area_frac * mask.size
+    if keep_largest and keep.any():
+        keep = np.zeros_like(keep)
+        keep[int(np.argmax(areas))] = True
+    return np.isin(labels, np.flatnonzero(keep) + 1)
+
+
 def segment(
     model: LoadedModel | str | Path | None,
     image: np.ndarray,
     threshold: float | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
 ) -> np.ndarray:
     """Segment one image array (any size, dtype, gray/RGB/RGBA): a boolean mask of its size.
 
     `model` is a `load_model()` result, a checkpoint path, or None for the shipped model.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    tta = loaded.tta if tta is None else tta
     prob = predict_probs(torch_forward(loaded), [np.asarray(image)], loaded.size, tta)[0]
-    return prob >= (loaded.threshold if threshold is None else threshold)
+    return loaded.postprocess(prob, threshold)

@@ -103,7 +103,7 @@ def predict(
     out: Path | str,
     checkpoint: Path | str | None = None,
     threshold: float | None = None,
-    tta: bool = False,
+    tta: bool | None = None,
     save_prob: bool = False,
     overlay: bool = False,
     device: str = "cpu",
@@ -116,6 +116,7 @@ def predict(
     """Segment every readable input; one bad file is reported and never stops the others."""
     loaded = load_model(checkpoint, "cuda" if device == "cuda" else "cpu")
     thr = loaded.threshold if threshold is None else threshold
+    tta = loaded.tta if tta is None else tta
     if backend == "onnx":
         if onnx_path is None:
             from busseg.export import export_onnx
@@ -145,7 +146,7 @@ def predict(
         probs = predict_probs(forward, grays, loaded.size, tta, batch_size)
         for scan, gray, prob in zip(scans, grays, probs):
             name = _unique_name(scan, used)
-            mask = prob >= thr
+            mask = loaded.postprocess(prob, thr)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
             if save_prob:
                 Image.fromarray((prob * 255 + 0.5).astype(np.uint8)).save(out / f"{name}_prob.png")

@@ -1,0 +1,197 @@
+"""`busseg report`: one self-contained HTML page (images embedded) about a run and its test set."""
+
+from __future__ import annotations
+
+import csv
+import html
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from busseg.checkpoint import WEIGHTS_DIR, LoadedModel, load_model
+from busseg.evaluate import evaluate
+from busseg.figures import (
+    Reliability,
+    cases_figure,
+    curves_figure,
+    data_overview_figure,
+    dice_distribution_figure,
+    load_history,
+    pick_cases,
+    to_data_uri,
+)
+from busseg.models import count_parameters
+from busseg.preprocess import resize_image
+
+SHIPPED_RUN = WEIGHTS_DIR / "default_run"
+
+
+def model_summary(loaded: LoadedModel) -> dict:
+    """Parameters, forward GFLOPs at the model's size, and the stage layout."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    net = loaded.net
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        net(torch.rand(1, 1, loaded.size, loaded.size))
+    cfg = loaded.meta.get("model", {})
+    width, depth = int(cfg.get("width", 16)), int(cfg.get("depth", 4))
+    stem = int(cfg.get("stem_stride", 1))
+    stages = [(f"encoder {k}" if k < depth else "bottleneck",
+               loaded.size // (stem * 2**k), width * 2**k) for k in range(depth + 1)]
+    return {"params": count_parameters(net), "gflops": counter.get_total_flops() / 1e9,
+            "stages": stages, "config": cfg, "size": loaded.size}
+
+
+def _small(arr: np.ndarray, side: int = 256) -> np.ndarray:
+    h, w = arr.shape
+    scale = min(1.0, side / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return resize_image(arr.astype(np.float32), size).numpy()
+
+
+@dataclass
+class RunResults:
+    """Everything the report and the notebook show about one run on one data folder."""
+
+    run: Path
+    data: Path
+    summary: dict
+    rows: list[dict]
+    history: dict[str, np.ndarray]
+    arch: dict
+    reliability: Reliability
+    thumbs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]
+
+    def cases(self) -> list[tuple[str, dict, np.ndarray, np.ndarray, np.ndarray]]:
+        """Best, median and worst cases per class with their scan, truth and prediction."""
+        return [(title, row, *self.thumbs[row["name"]]) for title, row in pick_cases(self.rows)]
+
+
+def collect_results(run_dir: Path | str | None, data: Path | str,
+                    progress: bool = True) -> RunResults:
+    """Evaluate a run's best model (None: the shipped model) on `data`, keep what figures need."""
+    run = Path(run_dir) if run_dir is not None else SHIPPED_RUN
+    ckpt = run / "unet_final.pt" if run_dir is not None else None
+    loaded = load_model(ckpt)
+    history = load_history(run)
+    reliability = Reliability()
+    thumbs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    def on_image(row: dict, gray: np.ndarray, truth: np.ndarray, prob: np.ndarray) -> None:
+        reliability.add(prob, truth)
+        pred = loaded.postprocess(prob)
+        thumbs[row["name"]] = (_small(gray), _small(truth) >= 0.5, _small(pred) >= 0.5)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = evaluate(ckpt, data, tmp, progress=progress, on_image=on_image)
+        with open(Path(tmp) / "per_image.csv") as fh:
+            rows = [_typed(r) for r in csv.DictReader(fh)]
+    return RunResults(run, Path(data), summary, rows, history, model_summary(loaded),
+                      reliability, thumbs)
+
+
+def build_report(run_dir: Path | str | None, data: Path | str, out: Path | str,
+                 progress: bool = True) -> Path:
+    """Evaluate the run's model on `data` and write the self-contained HTML report to `out`."""
+    r = collect_results(run_dir, data, progress)
+    figs = {
+        "curves": to_data_uri(curves_figure(r.history)),
+        "overview": to_data_uri(data_overview_figure(r.rows)),
+        "cases": to_data_uri(cases_figure(r.cases())),
+        "dice": to_data_uri(dice_distribution_figure(r.rows)),
+        "reliability": to_data_uri(r.reliability.figure()),
+    }
+    page = _html(r.run, r.data, r.summary, r.rows, r.arch, figs, r.reliability.ece())
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def _typed(row: dict) -> dict:
+    out = {}
+    for k, v in row.items():
+        try:
+            out[k] = int(v) if k in ("height", "width", "true_area", "pred_area") else float(v)
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "–" if math.isnan(v) else f"{v:.4f}"
+    return html.escape(str(v))
+
+
+def _html(run, data, s, rows, arch, figs, ece) -> str:
+    lo, hi = s["dice_ci95"]
+    perf = "".join(
+        f"<tr><td>{html.escape(c)}</td><td>{m['n_images']}</td><td>{_fmt(m['dice'])}</td>"
+        f"<td>{_fmt(m['iou'])}</td><td>{_fmt(m['hd95'])}</td>"
+        f"<td>{_fmt(m.get('false_positive_rate', math.nan))}</td></tr>"
+        for c, m in s["per_class"].items())
+    stages = "".join(f"<tr><td>{n}</td><td>{r}×{r}</td><td>{c}</td></tr>"
+                     for n, r, c in arch["stages"])
+    cols = ["name", "class", "dice", "iou", "accuracy", "precision", "recall", "hd95",
+            "true_area", "pred_area"]
+    table = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>"
+                    for r in sorted(rows, key=lambda r: r["dice"]))
+    head = "".join(f'<th data-col="{i}">{c}</th>' for i, c in enumerate(cols))
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>busseg report</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+th {{ background: #f0f0f0; cursor: pointer; }}
+td:first-child, th:first-child {{ text-align: left; }}
+img {{ max-width: 100%; display: block; margin: 0.5em 0 1.5em; }}
+.kpi {{ font-size: 1.3em; }}
+</style></head><body>
+<h1>busseg report</h1>
+<p>Run: <code>{html.escape(str(run))}</code> · data: <code>{html.escape(str(data))}</code> ·
+threshold {s['threshold']:.2f}</p>
+<h2>Final performance</h2>
+<p class="kpi">Mean Dice {s['dice']:.4f} (95% bootstrap CI {lo:.4f}–{hi:.4f}) over
+{s['n_images']} lesion images · IoU {s['iou']:.4f} · HD95 {s['hd95']:.1f} px ·
+pixel accuracy {s['accuracy']:.4f} · calibration ECE {ece:.4f}</p>
+<table id="perf"><tr><th>class</th><th>images</th><th>Dice</th><th>IoU</th><th>HD95 (px)</th>
+<th>false-positive rate</th></tr>{perf}</table>
+<h2>Model</h2>
+<p>{arch['params']:,} parameters · {arch['gflops']:.2f} GFLOPs per {arch['size']}×{arch['size']}
+image · config <code>{html.escape(str(arch['config']))}</code></p>
+<table><tr><th>stage</th><th>resolution</th><th>channels</th></tr>{stages}</table>
+<h2>Data</h2><img alt="data overview" src="{figs['overview']}">
+<h2>Training curves</h2><img alt="training curves" src="{figs['curves']}">
+<h2>Predictions beside ground truth</h2><img alt="example cases" src="{figs['cases']}">
+<h2>Dice per class</h2><img alt="Dice distribution" src="{figs['dice']}">
+<h2>Calibration</h2><img alt="reliability diagram" src="{figs['reliability']}">
+<h2>Per-image results</h2>
+<p>Click a column header to sort.</p>
+<table id="per-image"><thead><tr>{head}</tr></thead><tbody>{table}</tbody></table>
+<script>
+document.querySelectorAll("#per-image th").forEach(function (th) {{
+  th.addEventListener("click", function () {{
+    var body = document.querySelector("#per-image tbody");
+    var col = Number(th.dataset.col);
+    var asc = th.dataset.asc !== "1";
+    th.dataset.asc = asc ? "1" : "0";
+    var rows = Array.from(body.rows);
+    rows.sort(function (a, b) {{
+      var x = a.cells[col].textContent, y = b.cells[col].textContent;
+      var nx = parseFloat(x), ny = parseFloat(y);
+      var cmp = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
+      return asc ? cmp : -cmp;
+    }});
+    rows.forEach(function (r) {{ body.appendChild(r); }});
+  }});
+}});
+</script>
+</body></html>
+"""

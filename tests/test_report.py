@@ -1,0 +1,58 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from busseg.report import build_report
+
+NOTEBOOK = Path(__file__).parents[1] / "notebooks" / "ProjectSummary.ipynb"
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def report_html(tiny_run, prepared, tmp_path_factory):
+    return build_report(tiny_run, prepared / "test", tmp_path_factory.mktemp("rep") / "r.html",
+                        progress=False)
+
+
+def test_report_is_self_contained(report_html):
+    text = report_html.read_text()
+    assert text.count("data:image/png;base64,") == 5
+    for needle in ("Final performance", "Training curves", "Per-image results", "Dice per class"):
+        assert needle in text
+    assert "http://" not in text and "https://" not in text  # nothing fetched from outside
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium not installed")
+def test_report_in_real_browser(report_html, tmp_path):
+    script = Path(__file__).parent / "browser_check.py"
+    r = subprocess.run([sys.executable, str(script), "report", report_html.as_uri()],
+                       capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["console_errors"] == []
+    assert result["images_loaded"] == 5
+    assert result["sorted_ascending"] and result["sorted_descending"]
+
+
+def test_notebook_runs_headless(tiny_run, prepared, tmp_path):
+    import nbclient
+    import nbformat
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+    os.environ["BUSSEG_RUN_DIR"] = str(tiny_run)
+    os.environ["BUSSEG_DATA_DIR"] = str(prepared / "test")
+    try:
+        nbclient.NotebookClient(nb, timeout=600, kernel_name="python3").execute()
+    finally:
+        del os.environ["BUSSEG_RUN_DIR"], os.environ["BUSSEG_DATA_DIR"]
+    images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                 for o in c.outputs)
+    assert images >= 5
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.outputs)
+    assert "parameters" in text and "mean Dice" in text
