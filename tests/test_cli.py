@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-VERBS = ["prepare", "train", "evaluate", "predict", "export", "tune", "report"]
+VERBS = ["prepare", "train", "evaluate", "predict", "export", "tune", "report", "serve"]
 
 
 @pytest.mark.parametrize("verb", VERBS)

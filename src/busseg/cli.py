@@ -83,6 +83,14 @@ def _report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(a: argparse.Namespace) -> int:
+    from busseg.serve.app import ServeConfig, serve
+
+    serve(a.host, a.port, ServeConfig(a.checkpoint, int(a.max_upload_mb * 2**20), a.max_pixels,
+                                      a.concurrency))
+    return 0
+
+
 def _export(a: argparse.Namespace) -> int:
     from busseg.export import export_onnx
 
@@ -162,6 +170,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
     s.add_argument("--out", default="report.html")
     s.set_defaults(func=_report)
+
+    s = sub.add_parser("serve", help="web demo and HTTP inference service (FastAPI)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
+    s.add_argument("--max-upload-mb", type=float, default=20.0)
+    s.add_argument("--max-pixels", type=int, default=40_000_000)
+    s.add_argument("--concurrency", type=int, default=2, help="inferences at once")
+    s.set_defaults(func=_serve)
 
     s = sub.add_parser("export", help="export a model to ONNX")
     s.add_argument("--format", default="onnx", help="onnx")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,11 +47,19 @@ def is_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_pil(path: Path | str) -> np.ndarray:
-    """Read a raster image with Pillow as gray (2-D) or RGB/RGBA (3-D) array, dtype kept."""
+def read_pil(path: Path | str, data: bytes | None = None,
+             max_pixels: int | None = None) -> np.ndarray:
+    """Read a raster image with Pillow as gray (2-D) or RGB/RGBA (3-D) array, dtype kept.
+
+    `data` reads these bytes instead of the file (`path` then only names it in errors);
+    `max_pixels` refuses larger images before decoding them.
+    """
     path = Path(path)
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageReadError(
+                    path, f"image has {im.width}x{im.height} pixels, over the {max_pixels} limit")
             im.load()
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -59,8 +68,12 @@ def read_pil(path: Path | str) -> np.ndarray:
             else:
                 im = im.convert("RGB")
             arr = np.array(im)
+    except ImageReadError:
+        raise
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(path, f"image too large ({exc})") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -78,7 +91,8 @@ def read_mask(path: Path | str) -> np.ndarray:
     return arr > 0
 
 
-def read_dicom(path: Path | str, frames: str = "all") -> list[Scan]:
+def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
+               max_pixels: int | None = None) -> list[Scan]:
     """Read a DICOM file into one Scan per chosen frame (`all`, `first`, `middle` or an index)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
@@ -86,8 +100,15 @@ def read_dicom(path: Path | str, frames: str = "all") -> list[Scan]:
 
     path = Path(path)
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(io.BytesIO(data) if data is not None else path)
+        rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
+        n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+        if max_pixels is not None and rows * cols * n > max_pixels:
+            raise ImageReadError(path, f"DICOM has {n} frame(s) of {cols}x{rows} pixels, over the "
+                                       f"{max_pixels} limit")
         arr = ds.pixel_array
+    except ImageReadError:
+        raise
     except InvalidDicomError as exc:
         raise ImageReadError(path, f"not a valid DICOM file ({exc})") from None
     except (AttributeError, KeyError):
@@ -143,6 +164,30 @@ def _choose_frames(path: Path, n: int, frames: str) -> list[int]:
     if bad:
         raise ImageReadError(path, f"frame(s) {bad} out of range: file has {n} frame(s)")
     return idx
+
+
+def sniff(data: bytes) -> str | None:
+    """The image format the bytes start with (png, jpeg, bmp, tiff, gif, webp, dicom) or None."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "dicom"
+    for magic, kind in ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"BM", "bmp"),
+                        (b"II*\x00", "tiff"), (b"MM\x00*", "tiff"), (b"GIF8", "gif")):
+        if data.startswith(magic):
+            return kind
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def read_upload(data: bytes, name: str, frames: str = "first",
+                max_pixels: int | None = None) -> list[Scan]:
+    """Decode uploaded bytes by their content (never the file name)."""
+    kind = sniff(data)
+    if kind is None:
+        raise ImageReadError(name, "not an image: content is not PNG, JPEG, BMP, TIFF or DICOM")
+    if kind == "dicom":
+        return read_dicom(name, frames, data=data, max_pixels=max_pixels)
+    return [Scan(read_pil(name, data=data, max_pixels=max_pixels), Path(name))]
 
 
 def read_scans(path: Path | str, frames: str = "all") -> list[Scan]:

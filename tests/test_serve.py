@@ -1,0 +1,118 @@
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from serving import running
+from synth import scan
+
+from busseg.serve.app import ServeConfig, create_app
+
+
+def _png(arr) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    cfg = ServeConfig(str(tiny_run / "unet_final.pt"), max_upload_bytes=300_000,
+                      max_pixels=700 * 700, concurrency=2)
+    with running(create_app(cfg)) as url:
+        yield url
+
+
+def post(url, data: bytes, name="scan.png", **params):
+    return httpx.post(url + "/v1/segment", files={"file": (name, data)}, params=params,
+                      timeout=60)
+
+
+def test_health_and_schema(server):
+    assert httpx.get(server + "/healthz").json()["status"] == "ok"
+    schema = httpx.get(server + "/openapi.json").json()
+    assert "/v1/segment" in schema["paths"]
+    page = httpx.get(server + "/").text
+    assert 'id="file"' in page and "<script src" not in page and "https://" not in page
+
+
+def test_segment_json_and_pngs(server):
+    img, _ = scan(4, h=133, w=171)
+    r = post(server, _png(img))
+    assert r.status_code == 200
+    body = r.json()
+    assert (body["width"], body["height"]) == (171, 133)
+    for key in ("lesion_area_px", "lesion_fraction", "bbox_xyxy", "n_lesions", "mean_prob",
+                "model", "version"):
+        assert key in body
+    for output in ("mask", "overlay", "prob", "scan"):
+        r = post(server, _png(img), output=output)
+        assert r.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(r.content)).size == (171, 133)
+    low = post(server, _png(img), threshold=0.0).json()
+    assert low["lesion_area_px"] == 171 * 133
+
+
+def test_content_is_sniffed_not_named(server):
+    img, _ = scan(5)
+    assert post(server, _png(img), name="looks_like.txt").status_code == 200
+    r = post(server, b"hello, I am text" * 20, name="scan.png")
+    assert r.status_code == 422 and "not an image" in r.json()["detail"]
+
+
+def test_bad_and_huge_uploads_get_4xx_and_server_survives(server):
+    img, _ = scan(6)
+    truncated = _png(img)[:300]
+    r = post(server, truncated)
+    assert r.status_code == 422 and "scan.png" in r.json()["detail"]
+    big_pixels = _png(np.zeros((800, 800), np.uint8))
+    r = post(server, big_pixels)
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+    r = post(server, b"\x89PNG\r\n\x1a\n" + b"\0" * 400_000)
+    assert r.status_code == 413
+    assert post(server, b"").status_code in (400, 422)
+    assert post(server, _png(img), threshold=3).status_code == 422
+    assert post(server, _png(img)).status_code == 200  # still serving
+
+
+def test_schemathesis_finds_no_server_errors(server):
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    schema = schemathesis.openapi.from_url(server + "/openapi.json")
+    calls, failures = [], []
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(case):
+        response = case.call(base_url=server, timeout=60)
+        calls.append(response.status_code)
+        if response.status_code >= 500:
+            failures.append((case.path, response.status_code, response.text[:200]))
+
+    for result in schema.get_all_operations():
+        given(result.ok().as_strategy())(check)()
+    assert failures == []
+    assert len(calls) >= 25 and any(c < 300 for c in calls) and any(c >= 400 for c in calls)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="Debian chromium missing")
+def test_browser_upload_draws_overlay(tiny_run, tmp_path):
+    from busseg.checkpoint import DEFAULT_WEIGHTS
+
+    if not DEFAULT_WEIGHTS.is_file():
+        pytest.skip("shipped weights missing")
+    sample = Path(__file__).parents[1] / "src" / "busseg" / "samples" / "malignant_104.png"
+    with running(create_app(ServeConfig())) as url:
+        r = subprocess.run([sys.executable, str(Path(__file__).parent / "browser_check.py"),
+                            "demo", url + "/", str(sample)], capture_output=True, text=True,
+                           timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["console_errors"] == []
+    assert result["overlay_pixels"] > 500
+    assert "lesions" in result["stats"] and "malignant_104" not in result["stats"]
