@@ -29,21 +29,23 @@ from busseg.serve.app import ServeConfig, create_app  # noqa: E402
 def load(url: str, data: bytes, clients: int, total: int, seconds: float) -> dict:
     lat: list[float] = []
     codes: list[int] = []
+    started = 0
     lock = threading.Lock()
     deadline = time.perf_counter() + seconds
 
     def worker() -> None:
+        nonlocal started
         with httpx.Client(timeout=120) as client:
             while time.perf_counter() < deadline:
                 with lock:
-                    if len(codes) >= total:
+                    if started >= total:
                         return
-                    codes.append(0)
+                    started += 1
                 t = time.perf_counter()
                 r = client.post(url + "/v1/segment", files={"file": ("s.png", data)})
                 with lock:
                     lat.append(time.perf_counter() - t)
-                    codes[codes.index(0)] = r.status_code
+                    codes.append(r.status_code)
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker) for _ in range(clients)]

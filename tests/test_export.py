@@ -46,3 +46,16 @@ def test_predict_with_onnx_backend_agrees(tiny_run, exported, tmp_path):
                 onnx_path=exported[2], progress=False)
     assert o.errors == [] and o.rows[0]["height"] == 90
     assert abs(t.rows[0]["lesion_area_px"] - o.rows[0]["lesion_area_px"]) <= 2
+
+
+def test_safetensors_export_loads_identically(tiny_run, tmp_path):
+    from busseg.checkpoint import export_safetensors, run_dir_of
+
+    out = export_safetensors(tiny_run / "unet_final.pt", tmp_path / "m.safetensors")
+    a, b = load_model(tiny_run / "unet_final.pt"), load_model(out)
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(a.net(x), b.net(x))
+    assert (a.size, a.threshold) == (b.size, b.threshold) and b.name == "m"
+    assert (run_dir_of(out) / "val_dice.npy").is_file()
+    assert (run_dir_of(out) / "config.yaml").is_file()

@@ -88,11 +88,25 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
                        bool(meta.get("tta", False)))
 
 
-def export_safetensors(checkpoint: Path | str, out: Path | str, name: str = "busseg_default",
+RUN_FILES = ("*.npy", "history.csv", "config.yaml", "splits.json", "tune.json",
+             "train_summary.json")
+
+
+def run_dir_of(weights: Path | str) -> Path:
+    """The folder of training logs that ships beside a safetensors file."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + "_run")
+
+
+def export_safetensors(checkpoint: Path | str, out: Path | str, name: str | None = None,
                        extra: dict | None = None) -> Path:
-    """Write a checkpoint's weights as safetensors with its model config in the metadata."""
+    """Write a checkpoint's weights as safetensors with its model config in the metadata, and
+    copy the run's logs (curves, config, split, tuning) into `<out stem>_run/` beside it."""
+    import shutil
+
     from safetensors.torch import save_file
 
+    name = name or Path(out).stem
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = ckpt["config"]
     meta = {"name": name, "model": cfg["model"], "size": cfg["size"],
@@ -101,4 +115,9 @@ def export_safetensors(checkpoint: Path | str, out: Path | str, name: str = "bus
             **ckpt.get("postprocess", {}), **(extra or {})}
     state = {k: v.contiguous() for k, v in ckpt["model_state"].items()}
     save_file(state, str(out), metadata={"busseg": json.dumps(meta)})
+    logs = run_dir_of(out)
+    logs.mkdir(parents=True, exist_ok=True)
+    for pattern in RUN_FILES:
+        for f in Path(checkpoint).parent.glob(pattern):
+            shutil.copy(f, logs / f.name)
     return Path(out)

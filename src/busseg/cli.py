@@ -92,12 +92,19 @@ def _serve(a: argparse.Namespace) -> int:
 
 
 def _export(a: argparse.Namespace) -> int:
-    from busseg.export import export_onnx
+    if a.format == "onnx":
+        from busseg.export import export_onnx
 
-    if a.format != "onnx":
-        print(f"error: unknown format {a.format!r}", file=sys.stderr)
+        print(f"wrote {export_onnx(a.checkpoint, a.out or 'model.onnx')}")
+        return 0
+    from busseg.checkpoint import export_safetensors, run_dir_of
+
+    if not a.checkpoint:
+        print("error: --format safetensors needs --checkpoint RUN/unet_final.pt", file=sys.stderr)
         return 2
-    print(f"wrote {export_onnx(a.checkpoint, a.out)}")
+    out = a.out or "model.safetensors"
+    export_safetensors(a.checkpoint, out)
+    print(f"wrote {out} and its training logs in {run_dir_of(out)}/")
     return 0
 
 
@@ -181,9 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_serve)
 
     s = sub.add_parser("export", help="export a model to ONNX")
-    s.add_argument("--format", default="onnx", help="onnx")
+    s.add_argument("--format", default="onnx", choices=("onnx", "safetensors"),
+                   help="onnx (dynamic batch and size) or safetensors (weights + config + logs)")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
-    s.add_argument("--out", default="model.onnx")
+    s.add_argument("--out", help="output file (default: model.onnx / model.safetensors)")
     s.set_defaults(func=_export)
     return p
 

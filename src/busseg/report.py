@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from busseg.checkpoint import WEIGHTS_DIR, LoadedModel, load_model
+from busseg.checkpoint import DEFAULT_WEIGHTS, LoadedModel, load_model, run_dir_of
 from busseg.evaluate import evaluate
 from busseg.figures import (
     Reliability,
@@ -27,7 +27,7 @@ from busseg.figures import (
 from busseg.models import count_parameters
 from busseg.preprocess import resize_image
 
-SHIPPED_RUN = WEIGHTS_DIR / "default_run"
+SHIPPED_RUN = run_dir_of(DEFAULT_WEIGHTS)
 
 
 def model_summary(loaded: LoadedModel) -> dict:
