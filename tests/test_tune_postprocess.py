@@ -36,3 +36,13 @@ def test_tune_uses_val_and_stores_choice(tiny_run, prepared, tmp_path):
     loaded = load_model(ckpt)
     assert loaded.threshold == best["threshold"] and loaded.tta == best["tta"]
     assert json.loads((tmp_path / "tune.json").read_text())["n_val"] == report["n_val"]
+
+
+def test_postprocess_confidence_gate():
+    prob = np.zeros((50, 50), np.float32)
+    prob[5:15, 5:15] = 0.95
+    prob[30:45, 30:45] = 0.6
+    assert postprocess(prob, 0.5).sum() == 100 + 225
+    assert postprocess(prob, 0.5, min_confidence=0.8).sum() == 100
+    assert postprocess(prob, 0.5, keep_largest=True, min_confidence=0.8).sum() == 100
+    assert postprocess(prob, 0.5, keep_largest=True).sum() == 225

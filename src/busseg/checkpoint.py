@@ -28,13 +28,14 @@ class LoadedModel:
     min_area_frac: float = 0.0
     keep_largest: bool = False
     tta: bool = False
+    min_confidence: float = 0.0
 
     def postprocess(self, prob, threshold: float | None = None):
         """The model's own post-processing (threshold, small-component removal) of a prob map."""
         from busseg.inference import postprocess
 
         thr = self.threshold if threshold is None else threshold
-        return postprocess(prob, thr, self.min_area_frac, self.keep_largest)
+        return postprocess(prob, thr, self.min_area_frac, self.keep_largest, self.min_confidence)
 
 
 def build_from_config(model_cfg: dict) -> nn.Module:
@@ -85,7 +86,7 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
     return LoadedModel(net, int(meta.get("size", 256)), float(meta.get("threshold", 0.5)),
                        meta.get("name", path.stem), meta,
                        float(meta.get("min_area_frac", 0.0)), bool(meta.get("keep_largest", False)),
-                       bool(meta.get("tta", False)))
+                       bool(meta.get("tta", False)), float(meta.get("min_confidence", 0.0)))
 
 
 RUN_FILES = ("*.npy", "history.csv", "config.yaml", "splits.json", "tune.json",

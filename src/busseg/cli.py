@@ -70,6 +70,7 @@ def _tune(a: argparse.Namespace) -> int:
         b = r[label]
         print(f"{label:<8} tta={b['tta']!s:<5} threshold={b['threshold']:.2f} "
               f"min_area={b['min_area_frac']:.4f} keep_largest={b['keep_largest']!s:<5} "
+              f"min_confidence={b['min_confidence']:.2f} "
               f"val Dice all {b['dice_all']:.4f} lesion {b['dice_lesion']:.4f} "
               f"normal FP {b['normal_fp_rate']}")
     print(f"stored the best setting in {a.checkpoint}")

@@ -84,7 +84,8 @@ def evaluate(
         raise ValueError(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)
     summary.update({"threshold": thr, "min_area_frac": loaded.min_area_frac,
-                    "keep_largest": loaded.keep_largest, "tta": tta,
+                    "keep_largest": loaded.keep_largest,
+                    "min_confidence": loaded.min_confidence, "tta": tta,
                     "checkpoint": str(checkpoint or "shipped"),
                     "model": loaded.name, "data": str(data), "errors": errors})
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))

@@ -66,21 +66,24 @@ def predict_probs(
 
 
 def postprocess(prob: np.ndarray, threshold: float, min_area_frac: float = 0.0,
-                keep_largest: bool = False) -> np.ndarray:
+                keep_largest: bool = False, min_confidence: float = 0.0) -> np.ndarray:
     """Threshold a probability map, then drop connected components smaller than
-    `min_area_frac` of the image and, with `keep_largest`, all but the largest one."""
+    `min_area_frac` of the image or whose mean probability is below `min_confidence`, and, with
+    `keep_largest`, all but the largest one left."""
     mask = prob >= threshold
-    if not mask.any() or (min_area_frac <= 0 and not keep_largest):
+    if not mask.any() or (min_area_frac <= 0 and not keep_largest and min_confidence <= 0):
         return mask
     labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    areas = np.bincount(labels.ravel())[1:]
+    index = np.arange(1, n + 1)
+    areas = ndimage.sum_labels(mask, labels, index)
     keep = areas >= min_area_frac * mask.size
+    if min_confidence > 0:
+        keep &= ndimage.mean(prob, labels, index) >= min_confidence
     if keep_largest and keep.any():
+        largest = int(np.argmax(np.where(keep, areas, -1)))
         keep = np.zeros_like(keep)
-        keep[int(np.argmax(areas))] = True
-    return np.isin(labels, np.flatnonzero(keep) + 1)
+        keep[largest] = True
+    return np.isin(labels, index[keep])
 
 
 def segment(
