@@ -40,7 +40,8 @@ def _train(a: argparse.Namespace) -> int:
 def _evaluate(a: argparse.Namespace) -> int:
     from busseg.evaluate import evaluate, format_summary
 
-    s = evaluate(a.checkpoint, a.data, a.out, threshold=a.threshold, tta=a.tta, device=a.device)
+    s = evaluate(a.checkpoint, a.data, a.out, threshold=a.threshold, tta=a.tta, device=a.device,
+                 filter_components=not a.no_filter)
     print(format_summary(s))
     print(f"wrote {a.out}/metrics.json, {a.out}/per_image.csv, {a.out}/test_preds/")
     return 1 if s["errors"] else 0
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the horizontal flip (default: the model's setting)")
+    s.add_argument("--no-filter", action="store_true",
+                   help="score the plain thresholded map (no component filtering)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=_evaluate)
 

@@ -49,12 +49,14 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = True,
     on_image: Callable[[dict, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+    filter_components: bool = True,
 ) -> dict:
     """Score a model on `data/images` + `data/masks`; write metrics.json, per_image.csv, PNGs.
 
     The summary metrics (`dice`, `iou`, ...) are means over lesion images (all images when the
     folder holds only normal ones); `per_class` has every class, normal included.
     `on_image(row, gray, truth, prob)` is called for each scored image (used by the report).
+    `filter_components=False` scores the plain thresholded map (no component filtering).
     """
     loaded = load_model(checkpoint, device)
     thr = loaded.threshold if threshold is None else threshold
@@ -72,7 +74,7 @@ def evaluate(
             errors.append(str(exc))
             continue
         prob = predict_probs(forward, [gray], loaded.size, tta, batch_size)[0]
-        pred = loaded.postprocess(prob, thr)
+        pred = loaded.postprocess(prob, thr) if filter_components else prob >= thr
         Image.fromarray(pred.astype(np.uint8) * 255).save(pred_dir / f"{img_path.stem}_pred.png")
         m = image_metrics(pred, truth)
         rows.append({"name": img_path.stem, "class": class_of(img_path.stem),
@@ -86,6 +88,7 @@ def evaluate(
     summary.update({"threshold": thr, "min_area_frac": loaded.min_area_frac,
                     "keep_largest": loaded.keep_largest,
                     "min_confidence": loaded.min_confidence, "tta": tta,
+                    "filter_components": filter_components,
                     "checkpoint": str(checkpoint or "shipped"),
                     "model": loaded.name, "data": str(data), "errors": errors})
     (out / "metrics.json").write_text(json.dumps(summary, indent=1))
