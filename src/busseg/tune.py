@@ -28,8 +28,9 @@ def tune_postprocess(checkpoint: Path | str, val_dir: Path | str, write: bool = 
     """Grid-search the post-processing on `val_dir`; store the best in the checkpoint."""
     loaded = load_model(checkpoint)
     forward = torch_forward(loaded)
-    pairs = [load_pair(i, m) for i, m in list_pairs(val_dir)]
-    names = [i.stem for i, _ in list_pairs(val_dir)]
+    paths = list_pairs(val_dir)
+    pairs = [load_pair(i, m) for i, m in paths]
+    names = [i.stem for i, _ in paths]
     lesion = np.array([class_of(n) != "normal" for n in names])
     grays = [g for g, _ in pairs]
     truths = [t for _, t in pairs]

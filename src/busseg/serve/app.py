@@ -81,9 +81,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     errors = {400: {"model": ErrorBody}, 413: {"model": ErrorBody},
               415: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
+    page = (STATIC / "index.html").read_text(encoding="utf-8")
+
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def index() -> HTMLResponse:
-        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+        return HTMLResponse(page)
 
     @app.get("/healthz")
     def healthz() -> dict:
