@@ -30,3 +30,12 @@ def test_predict_samples_out_of_the_box(tmp_path):
         assert pred.shape == truth.shape
         # the samples come from the test split, unseen in training
         assert image_metrics(pred, truth, with_hd95=False)["dice"] > 0.5, row["name"]
+
+
+def test_report_of_the_shipped_model_uses_its_logs(prepared, tmp_path):
+    from busseg.report import SHIPPED_RUN, build_report
+
+    assert (SHIPPED_RUN / "val_dice.npy").is_file()
+    page = build_report(None, prepared / "test", tmp_path / "r.html", progress=False).read_text()
+    assert page.count("data:image/png;base64,") == 5
+    assert "1,945,665 parameters" in page
