@@ -143,3 +143,13 @@ def test_real_busi_twins(real_busi):
 
     t = np.stack([th("benign (125)"), th("benign (126)"), th("benign (1)")])
     assert twin_pairs(t) == [(0, 1)]
+
+
+def test_size_zero_keeps_original_resolution_and_split(raw_tree, prepared, tmp_path):
+    prepare(raw_tree, tmp_path, size=0, include_normal=True)
+    rows = _manifest(tmp_path)
+    full = {r["name"]: r["split"] for r in _manifest(prepared)}
+    assert all(full[r["name"]] == r["split"] for r in rows)
+    r = rows[0]
+    img = np.array(Image.open(tmp_path / r["split"] / "images" / f"{r['name']}.png"))
+    assert img.shape == (96, 112)

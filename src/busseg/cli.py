@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("prepare", help="raw BUSI -> resized, leakage-free train/val/test split")
     s.add_argument("--raw", required=True, help="the Dataset_BUSI_with_GT folder")
     s.add_argument("--out", default="data", help="output folder (default: data)")
-    s.add_argument("--size", type=int, default=256, help="side of the square output images")
+    s.add_argument("--size", type=int, default=256,
+                   help="side of the square output images (0: keep original sizes)")
     s.add_argument("--seed", type=int, default=0, help="split seed")
     s.add_argument("--include-normal", action="store_true", help="add normal images (empty masks)")
     s.add_argument("--twin-threshold", type=float, default=0.90,

@@ -63,7 +63,11 @@ def prepare(
     twin_threshold: float = DEFAULT_THRESHOLD,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> PrepareReport:
-    """Read the raw BUSI tree, group near-duplicates, split by group, write images and masks."""
+    """Read the raw BUSI tree, group near-duplicates, split by group, write images and masks.
+
+    `size` is the side of the square output; 0 keeps every image at its original resolution
+    (for scoring at original size with `busseg evaluate`); the split does not depend on it.
+    """
     # Twins and splits are computed over every class present, so the benign/malignant split is the
     # same with or without --include-normal (normal scans can chain lesion images into one group).
     classes = ("benign", "malignant") + (("normal",) if (Path(raw) / "normal").is_dir() else ())
@@ -83,8 +87,12 @@ def prepare(
         kept.append(case)
         sizes.append(gray.shape)
         thumbs.append(thumbnail(gray))
-        images.append(resize_image(gray, (size, size)))
-        masks.append(resize_mask(mask, (size, size)))
+        if size > 0:
+            images.append(resize_image(gray, (size, size)))
+            masks.append(resize_mask(mask, (size, size)))
+        else:  # keep the original resolution (same split: twins are found on thumbnails)
+            images.append(torch.from_numpy(gray))
+            masks.append(torch.from_numpy(mask))
     if not kept:
         raise ValueError(f"{raw}: no readable image with a mask was found")
     pairs = twin_pairs(np.stack(thumbs), twin_threshold)
