@@ -58,6 +58,15 @@ def broadcast_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     return bool(t.item())
 
 
+def all_gather_objects(value, info: DistInfo) -> list:
+    """Every rank's `value`, in rank order (`[value]` when alone)."""
+    if not info.enabled:
+        return [value]
+    out: list = [None] * info.world
+    dist.all_gather_object(out, value)
+    return out
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()

@@ -48,14 +48,15 @@ def evaluate(
     device: str = "cpu",
     batch_size: int = 8,
     progress: bool = True,
-    on_image: Callable[[dict, np.ndarray, np.ndarray, np.ndarray], None] | None = None,
+    on_image: Callable[[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+    | None = None,
     filter_components: bool = True,
 ) -> dict:
     """Score a model on `data/images` + `data/masks`; write metrics.json, per_image.csv, PNGs.
 
     The summary metrics (`dice`, `iou`, ...) are means over lesion images (all images when the
     folder holds only normal ones); `per_class` has every class, normal included.
-    `on_image(row, gray, truth, prob)` is called for each scored image (used by the report).
+    `on_image(row, gray, truth, prob, pred)` is called for each scored image (the report).
     `filter_components=False` scores the plain thresholded map (no component filtering).
     """
     loaded = load_model(checkpoint, device)
@@ -81,7 +82,7 @@ def evaluate(
                      "height": truth.shape[0], "width": truth.shape[1],
                      "true_area": int(truth.sum()), "pred_area": int(pred.sum()), **m})
         if on_image is not None:
-            on_image(rows[-1], gray, truth, prob)
+            on_image(rows[-1], gray, truth, prob, pred)
     if not rows:
         raise ValueError(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import html
 import math
 import tempfile
@@ -81,16 +80,16 @@ def collect_results(run_dir: Path | str | None, data: Path | str,
     history = load_history(run)
     reliability = Reliability()
     thumbs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    rows: list[dict] = []
 
-    def on_image(row: dict, gray: np.ndarray, truth: np.ndarray, prob: np.ndarray) -> None:
+    def on_image(row: dict, gray: np.ndarray, truth: np.ndarray, prob: np.ndarray,
+                 pred: np.ndarray) -> None:
+        rows.append(row)
         reliability.add(prob, truth)
-        pred = loaded.postprocess(prob)
         thumbs[row["name"]] = (_small(gray), _small(truth) >= 0.5, _small(pred) >= 0.5)
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = evaluate(ckpt, data, tmp, progress=progress, on_image=on_image)
-        with open(Path(tmp) / "per_image.csv") as fh:
-            rows = [_typed(r) for r in csv.DictReader(fh)]
     return RunResults(run, Path(data), summary, rows, history, model_summary(loaded),
                       reliability, thumbs)
 
@@ -110,16 +109,6 @@ def build_report(run_dir: Path | str | None, data: Path | str, out: Path | str,
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
-    return out
-
-
-def _typed(row: dict) -> dict:
-    out = {}
-    for k, v in row.items():
-        try:
-            out[k] = int(v) if k in ("height", "width", "true_area", "pred_area") else float(v)
-        except ValueError:
-            out[k] = v
     return out
 
 

@@ -22,7 +22,14 @@ from busseg.checkpoint import build_from_config, save_checkpoint
 from busseg.config import TrainConfig, config_to_dict
 from busseg.data.augment import augment_batch
 from busseg.data.dataset import TensorSplit, load_split
-from busseg.distributed import DistInfo, all_reduce_sum, barrier, broadcast_flag, cleanup
+from busseg.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_reduce_sum,
+    barrier,
+    broadcast_flag,
+    cleanup,
+)
 from busseg.distributed import setup as dist_setup
 from busseg.losses import bce_dice_loss, deep_supervision_loss
 from busseg.metrics import batch_dice
@@ -90,6 +97,12 @@ def autocast_ctx(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
 
 
+def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Pixel accuracy of a batch and the per-image hard Dice of boolean predictions."""
+    truth = y > 0.5
+    return float((pred == truth).float().mean()), batch_dice(pred, truth)
+
+
 @torch.no_grad()
 def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: torch.device,
              batch_size: int = 16, info: DistInfo | None = None) -> dict[str, float]:
@@ -113,10 +126,10 @@ def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: tor
             logits = model(x)
         logits = logits.float()
         loss_sum += float(bce_dice_loss(logits, y)) * len(idx)
-        pred = torch.sigmoid(logits) >= cfg.threshold
-        acc_sum += float((pred == (y > 0.5)).float().mean()) * len(idx)
+        acc, dice = batch_scores(torch.sigmoid(logits) >= cfg.threshold, y)
+        acc_sum += acc * len(idx)
         keep = torch.tensor([(split.labels[i] != "normal") or not has_lesion for i in idx])
-        dice_sum += float(batch_dice(pred, y > 0.5).cpu()[keep].sum())
+        dice_sum += float(dice.cpu()[keep].sum())
         n_lesion += float(keep.sum())
     loss_sum, acc_sum, dice_sum, n_lesion = all_reduce_sum(
         [loss_sum, acc_sum, dice_sum, n_lesion], info, device)
@@ -243,10 +256,10 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
                 ema_update(ema, model, cfg.ema)
             with torch.no_grad():
                 logits = outputs[0] if isinstance(outputs, list) else outputs
-                pred = logits >= 0  # sigmoid(logit) >= 0.5
+                acc, dice = batch_scores(logits >= 0, y)  # logit >= 0 <=> sigmoid >= 0.5
                 sums[0] += float(loss.detach()) * len(idx)
-                sums[1] += float((pred == (y > 0.5)).float().mean()) * len(idx)
-                sums[2] += float(batch_dice(pred, y > 0.5).sum())
+                sums[1] += acc * len(idx)
+                sums[2] += float(dice.sum())
                 sums[3] += len(idx)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         sums = all_reduce_sum(sums, info, device)
@@ -281,7 +294,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
                      f"{row['train_dice']:.4f}  val loss {val['loss']:.4f} dice {val['dice']:.4f}"
                      f"{' *' if improved else ''}  {row['time_s']:.0f}s")
             _save_logs(out, history)
-        aug_states = gather_states(aug_gen.get_state().cpu(), info)
+        aug_states = all_gather_objects(aug_gen.get_state().cpu(), info)
         if info.main:
             save_checkpoint(last_path, {
                 "model_state": plain_state(model), "optimizer": opt.state_dict(),
@@ -300,7 +313,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
     summary = {"best_val_dice": best, "best_epoch": best_epoch, "epochs_run": len(history),
                "train_time_s": time.time() - t0, "checkpoint": str(best_path),
                "early_stopped": stopped, "device": str(device), "world_size": info.world,
-               "rank_weight_checksums": gather_states(weight_checksum(model), info)}
+               "rank_weight_checksums": all_gather_objects(weight_checksum(model), info)}
     if info.main:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1))
     return summary
@@ -316,14 +329,3 @@ def weight_checksum(model: nn.Module) -> list[float]:
 def plain_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """CPU state dict with plain BatchNorm keys (SyncBatchNorm shares them)."""
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
-
-
-def gather_states(state, info: DistInfo) -> list:
-    """Every rank's value of `state` (generator states for an exact resume, checksums)."""
-    if not info.enabled:
-        return [state]
-    import torch.distributed as dist
-
-    out: list = [None] * info.world
-    dist.all_gather_object(out, state)
-    return out
