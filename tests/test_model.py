@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from busseg.config import ModelConfig
+from busseg.losses import deep_supervision_loss, presence_loss
 from busseg.models import count_parameters, create_model
+from busseg.models.unet import split_output
 
 
 @pytest.mark.parametrize("stem", [1, 2])
@@ -30,12 +32,39 @@ def test_input_is_standardised_inside():
         assert torch.allclose(model(x), model(x * 0.5 + 0.2), atol=1e-4)
 
 
-def test_deep_supervision_outputs_only_in_training():
-    model = create_model("unet", width=4, depth=3, deep_supervision=True)
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
+@pytest.mark.parametrize("stem", [1, 2])
+def test_deep_supervision_at_every_depth(depth, stem):
+    model = create_model("unet", width=4, depth=depth, stem_stride=stem, deep_supervision=True)
     outs = model(torch.rand(2, 1, 64, 64))
-    assert isinstance(outs, list) and len(outs) == 3
-    assert outs[0].shape == (2, 1, 64, 64) and outs[1].shape == (2, 1, 16, 16)
+    assert isinstance(outs, list) and len(outs) == 1 + min(depth, 2)
+    assert outs[0].shape == (2, 1, 64, 64)
+    coarsest = 64 // stem // 2 ** (depth - 1)  # output of the first decoder stage
+    assert outs[1].shape == (2, 1, coarsest, coarsest)
+    y = (torch.rand(2, 1, 64, 64) > 0.5).float()
+    deep_supervision_loss(outs, y).backward()  # every auxiliary output trains
+    assert all(a.weight.grad is not None for a in model.aux)
     assert model.eval()(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+
+
+def test_presence_head_gives_one_score_per_image_and_learns():
+    model = create_model("unet", width=4, depth=3, presence_head=True)
+    seg, presence = split_output(model(torch.rand(3, 1, 48, 64)))
+    assert seg.shape == (3, 1, 48, 64) and presence.shape == (3,)
+    y = torch.zeros(3, 1, 48, 64)
+    y[0, 0, 10:20, 10:20] = 1
+    opt = torch.optim.Adam(model.parameters(), 1e-2)
+    x = torch.rand(3, 1, 48, 64)
+    x[0, 0, 10:20, 10:20] = 0.0  # a dark "lesion" only in image 0
+    for _ in range(30):
+        loss = presence_loss(split_output(model(x))[1], y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        score = torch.sigmoid(split_output(model.eval()(x))[1])
+    assert score[0] > 0.5 > max(score[1], score[2])
+    assert split_output(torch.zeros(1))[1] is None
 
 
 def test_unknown_model_and_bad_shape():

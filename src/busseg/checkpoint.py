@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from busseg.models import create_model
+from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, load_settings
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "busseg_default.safetensors"
@@ -22,20 +23,40 @@ class LoadedModel:
 
     net: nn.Module
     size: int
-    threshold: float
     name: str
     meta: dict
-    min_area_frac: float = 0.0
-    keep_largest: bool = False
-    tta: bool = False
-    min_confidence: float = 0.0
+    settings: PostprocessSettings
 
-    def postprocess(self, prob, threshold: float | None = None):
-        """The model's own post-processing (threshold, small-component removal) of a prob map."""
-        from busseg.inference import postprocess
+    @property
+    def threshold(self) -> float:
+        return self.settings.threshold
 
-        thr = self.threshold if threshold is None else threshold
-        return postprocess(prob, thr, self.min_area_frac, self.keep_largest, self.min_confidence)
+    @property
+    def tta(self) -> bool:
+        return self.settings.tta
+
+    @property
+    def has_presence(self) -> bool:
+        """Whether the network outputs an image-level lesion score."""
+        return bool(self.meta.get("model", {}).get("presence_head", False))
+
+
+def legacy_settings(meta: dict) -> PostprocessSettings:
+    """Settings stored the older way (flat keys; the confidence gate is no longer applied)."""
+    return PostprocessSettings(
+        threshold=float(meta.get("threshold", 0.5)), tta=bool(meta.get("tta", False)),
+        min_area_frac=float(meta.get("min_area_frac", 0.0)),
+        keep_largest=bool(meta.get("keep_largest", False)))
+
+
+def settings_for(checkpoint: Path, meta: dict) -> PostprocessSettings:
+    """A model's post-processing: `postprocess.json` beside a `.pt`, else its own metadata."""
+    sidecar = checkpoint.with_name(SETTINGS_FILE)
+    if checkpoint.suffix == ".pt" and sidecar.is_file():
+        return load_settings(sidecar)
+    if isinstance(meta.get("postprocess"), dict):
+        return PostprocessSettings.from_dict(meta["postprocess"])
+    return legacy_settings(meta)
 
 
 def build_from_config(model_cfg: dict) -> nn.Module:
@@ -62,9 +83,12 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads(fh.metadata().get("busseg", "{}"))
-        state = load_file(str(path))
+        try:
+            with safe_open(str(path), framework="pt") as fh:
+                meta = json.loads((fh.metadata() or {}).get("busseg", "{}"))
+            state = load_file(str(path))
+        except Exception as exc:
+            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
     else:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -79,18 +103,21 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
                 "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
                 **ckpt.get("postprocess", {})}
     net = build_from_config(meta.get("model", {}))
-    net.load_state_dict(state)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ValueError(f"{path}: weights do not fit the model its config describes ({first})"
+                         ) from None
     net.eval().to(device)
     if device != "cuda":
         net = net.to(memory_format=torch.channels_last)
-    return LoadedModel(net, int(meta.get("size", 256)), float(meta.get("threshold", 0.5)),
-                       meta.get("name", path.stem), meta,
-                       float(meta.get("min_area_frac", 0.0)), bool(meta.get("keep_largest", False)),
-                       bool(meta.get("tta", False)), float(meta.get("min_confidence", 0.0)))
+    return LoadedModel(net, int(meta.get("size", 256)), meta.get("name", path.stem), meta,
+                       settings_for(path, meta))
 
 
-RUN_FILES = ("*.npy", "history.csv", "config.yaml", "splits.json", "tune.json",
-             "train_summary.json")
+RUN_FILES = ("*.npy", "history.csv", "config.yaml", "splits.json", "split_used.json",
+             "tune.json", "train_summary.json", "precision.json", SETTINGS_FILE)
 
 
 def run_dir_of(weights: Path | str) -> Path:
@@ -108,12 +135,12 @@ def export_safetensors(checkpoint: Path | str, out: Path | str, name: str | None
     from safetensors.torch import save_file
 
     name = name or Path(out).stem
+    loaded = load_model(checkpoint)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = ckpt["config"]
     meta = {"name": name, "model": cfg["model"], "size": cfg["size"],
-            "threshold": ckpt.get("threshold", cfg.get("threshold", 0.5)),
-            "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
-            **ckpt.get("postprocess", {}), **(extra or {})}
+            "threshold": loaded.settings.threshold, "postprocess": loaded.settings.to_dict(),
+            "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}), **(extra or {})}
     state = {k: v.contiguous() for k, v in ckpt["model_state"].items()}
     save_file(state, str(out), metadata={"busseg": json.dumps(meta)})
     logs = run_dir_of(out)

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from busseg import __version__
 
@@ -20,20 +21,38 @@ def _prepare(a: argparse.Namespace) -> int:
     return 0
 
 
-def _train(a: argparse.Namespace) -> int:
+def _train_config(a: argparse.Namespace):
     from busseg.config import resolve_config
-    from busseg.train import train
 
     overrides = list(a.set or [])
     for key in ("data", "out", "epochs", "batch_size", "lr", "seed", "device", "size"):
-        value = getattr(a, key)
+        value = getattr(a, key, None)
         if value is not None:
             overrides.append(f"{key}={value}")
     if a.no_progress:
         overrides.append("progress=false")
-    cfg = resolve_config(a.config, overrides)
-    summary = train(cfg, resume=a.resume)
+    return resolve_config(a.config, overrides)
+
+
+def _train(a: argparse.Namespace) -> int:
+    from busseg.train import train
+
+    summary = train(_train_config(a), resume=a.resume)
     print(json.dumps(summary, indent=1))
+    return 0
+
+
+def _cv(a: argparse.Namespace) -> int:
+    from busseg.cv import gather_oof, run_cv
+
+    if not a.gather_only:
+        for s in run_cv(_train_config(a), a.out, a.folds, a.fold, a.fold_seed):
+            print(f"fold {s['fold']}: held-out Dice {s['best_val_dice']:.3f}, "
+                  f"{s['train_time_s'] / 60:.1f} min ({s.get('precision', 'fp32')})")
+    if a.fold is None or a.gather_only:
+        summary = gather_oof(a.out, a.data or "data", device=a.device or "cpu")
+        print(f"OOF lesion Dice {summary['dice']:.3f} over {summary['n_images']} scans; "
+              f"wrote {a.out}/oof/")
     return 0
 
 
@@ -41,7 +60,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     from busseg.evaluate import evaluate, format_summary
 
     s = evaluate(a.checkpoint, a.data, a.out, threshold=a.threshold, tta=a.tta, device=a.device,
-                 filter_components=not a.no_filter)
+                 filter_components=not a.no_filter, plain=a.plain)
     print(format_summary(s))
     print(f"wrote {a.out}/metrics.json, {a.out}/per_image.csv, {a.out}/test_preds/")
     return 1 if s["errors"] else 0
@@ -66,16 +85,21 @@ def _predict(a: argparse.Namespace) -> int:
 def _tune(a: argparse.Namespace) -> int:
     from busseg.tune import tune_postprocess
 
-    r = tune_postprocess(a.checkpoint, a.data)
-    for label in ("baseline", "best"):
-        b = r[label]
-        print(f"{label:<8} tta={b['tta']!s:<5} threshold={b['threshold']:.2f} "
-              f"min_area={b['min_area_frac']:.4f} keep_largest={b['keep_largest']!s:<5} "
-              f"min_confidence={b['min_confidence']:.2f} "
-              f"val Dice all {b['dice_all']:.4f} lesion {b['dice_lesion']:.4f} "
-              f"normal FP {b['normal_fp_rate']}")
-    print(f"stored the best setting in {a.checkpoint}")
+    r = tune_postprocess(a.checkpoint, val_dir=a.data, cv_dir=a.cv)
+    b, st = r["best"], r["best"]["settings"]
+    gate = st["presence_threshold"]
+    print(f"chosen on {r['source']} ({r['n_lesion']} lesion, {r['n_normal']} normal scans): "
+          f"tta={st['tta']} threshold={st['threshold']:.2f} "
+          f"presence_threshold={'none' if gate is None else f'{gate:.3f}'} "
+          f"min_area={st['min_area_frac']:.4f} keep_largest={st['keep_largest']}")
+    print("  " + "  ".join(f"{k} {_fmt(b[k])}" for k in
+                           ("dice_all", "dice_lesion", "missed_lesion_rate", "normal_fp_rate")))
+    print(f"wrote {Path(a.checkpoint).parent / 'postprocess.json'} and tune.json")
     return 0
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
 
 
 def _report(a: argparse.Namespace) -> int:
@@ -142,6 +166,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
     s.set_defaults(func=_train)
 
+    s = sub.add_parser("cv", help="k-fold cross-validation over train + val; out-of-fold results")
+    s.add_argument("--config", help="YAML config (see configs/)")
+    s.add_argument("--data", help="prepared data folder (default: data)")
+    s.add_argument("--out", default="runs/cv", help="cross-validation folder (default: runs/cv)")
+    s.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
+    s.add_argument("--fold", type=int, action="append",
+                   help="train only this fold (repeatable; default: all, then gather)")
+    s.add_argument("--fold-seed", type=int, default=0, help="fold assignment seed (default: 0)")
+    s.add_argument("--epochs", type=int, help="override the config's epochs")
+    s.add_argument("--device", help="auto, cpu or cuda")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override any config key (repeatable)")
+    s.add_argument("--gather-only", action="store_true",
+                   help="only gather the finished folds' out-of-fold predictions")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=_cv)
+
     s = sub.add_parser("evaluate", help="score a model on a folder of images and masks")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
@@ -150,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the horizontal flip (default: the model's setting)")
     s.add_argument("--no-filter", action="store_true",
-                   help="score the plain thresholded map (no component filtering)")
+                   help="no presence rule or component filter (keeps threshold and TTA)")
+    s.add_argument("--plain", action="store_true",
+                   help="the plain output: threshold 0.5, no TTA, no presence rule or filter")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=_evaluate)
 
@@ -172,9 +215,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DICOM frames: all, first, middle or indices like 0,5")
     s.set_defaults(func=_predict)
 
-    s = sub.add_parser("tune", help="choose threshold, post-processing and TTA on val")
-    s.add_argument("--checkpoint", required=True, help="a .pt checkpoint (updated in place)")
-    s.add_argument("--data", default="data/val", help="validation folder (never the test set)")
+    s = sub.add_parser("tune", help="choose threshold, TTA, presence rule and component filter")
+    s.add_argument("--checkpoint", required=True,
+                   help="a .pt checkpoint; postprocess.json is written beside it")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--cv", help="cross-validation folder: choose on its out-of-fold results")
+    src.add_argument("--data", help="or a validation folder (never the test set)")
     s.set_defaults(func=_tune)
 
     s = sub.add_parser("report", help="self-contained HTML report of a run")

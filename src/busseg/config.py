@@ -10,7 +10,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
@@ -24,6 +24,7 @@ class ModelConfig:
     depth: int = 4
     stem_stride: int = 2
     deep_supervision: bool = False
+    presence_head: bool = False
 
 
 @dataclass
@@ -39,6 +40,7 @@ class AugmentConfig:
     gamma: float = 0.25
     noise: float = 0.05
     blur: float = 0.2
+    ramp: float = 0.0
     p: float = 0.8
     p_malignant: float = 1.0
     strength_malignant: float = 1.3
@@ -53,21 +55,22 @@ class TrainConfig:
     size: int = 256
     epochs: int = 100
     batch_size: int = 8
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "adamw"] = "adam"
     lr: float = 1e-4
     weight_decay: float = 0.0
-    schedule: str = "constant"
+    schedule: Literal["constant", "cosine"] = "constant"
     warmup_epochs: int = 0
     ema: float = 0.0
+    select: Literal["best", "last"] = "best"
     patience: int = 20
     min_epochs: int = 0
+    presence_weight: float = 0.5
     seed: int = 0
     threads: int = 0
     device: str = "auto"
     channels_last: bool = True
-    amp: str = "auto"
+    amp: Literal["auto", "fp32", "bf16"] = "auto"
     normal_share: float = 0.0
-    val_every: int = 1
     threshold: float = 0.5
     progress: bool = True
     sync_bn: bool = False
@@ -80,6 +83,12 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"config key {key!r} must be a mapping")
         return from_dict(typ, value, prefix=f"{key}.")
+    if typing.get_origin(typ) is Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            raise ValueError(f"config key {key!r} must be one of {', '.join(choices)}, "
+                             f"got {value!r}")
+        return value
     if typ is bool:
         if isinstance(value, str):
             if value.lower() in ("1", "true", "yes", "on"):

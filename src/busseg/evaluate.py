@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -15,17 +14,24 @@ from tqdm import tqdm
 from busseg.checkpoint import load_model
 from busseg.data.dataset import class_of, list_pairs, load_pair
 from busseg.imageio import ImageReadError
-from busseg.inference import predict_probs, torch_forward
+from busseg.inference import predict_maps, torch_forward
+from busseg.jsonio import write_json
 from busseg.metrics import METRICS, bootstrap_ci, image_metrics, nanmean
+from busseg.postprocess import PostprocessSettings, decide, plain_settings
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Means over images (NaN skipped), per class, Dice CI, normal false-positive rate."""
+    """Means over images (NaN skipped), per class, Dice CI, missed-lesion rate (lesion scans
+    whose final mask is empty) and normal false-positive rate (normal scans with any mask)."""
     lesion = [r for r in rows if r["class"] != "normal"] or rows
     summary: dict = {m: nanmean([r[m] for r in lesion]) for m in METRICS}
     summary["n_images"] = len(lesion)
     summary["n_hd95"] = int(sum(not math.isnan(r["hd95"]) for r in lesion))
     summary["dice_ci95"] = list(bootstrap_ci([r["dice"] for r in lesion]))
+    with_lesion = [r for r in rows if r["true_area"] > 0]
+    summary["missed_lesion_rate"] = (float(np.mean([r["pred_area"] == 0 for r in with_lesion]))
+                                     if with_lesion else None)
+    summary["n_missed"] = int(sum(r["pred_area"] == 0 for r in with_lesion))
     per_class = {}
     for c in sorted({r["class"] for r in rows}):
         sub = [r for r in rows if r["class"] == c]
@@ -37,6 +43,21 @@ def summarise(rows: list[dict]) -> dict:
     if "normal" in per_class:
         summary["normal_fp_rate"] = per_class["normal"]["false_positive_rate"]
     return summary
+
+
+def score_image(name: str, truth: np.ndarray, pred: np.ndarray, score: float | None) -> dict:
+    """One per-image row: class, sizes, areas, lesion score and every metric."""
+    return {"name": name, "class": class_of(name), "height": truth.shape[0],
+            "width": truth.shape[1], "true_area": int(truth.sum()), "pred_area": int(pred.sum()),
+            "lesion_score": score, **image_metrics(pred, truth)}
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    """Per-image rows as CSV."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def evaluate(
@@ -51,17 +72,22 @@ def evaluate(
     on_image: Callable[[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
     | None = None,
     filter_components: bool = True,
+    plain: bool = False,
 ) -> dict:
     """Score a model on `data/images` + `data/masks`; write metrics.json, per_image.csv, PNGs.
 
     The summary metrics (`dice`, `iou`, ...) are means over lesion images (all images when the
     folder holds only normal ones); `per_class` has every class, normal included.
     `on_image(row, gray, truth, prob, pred)` is called for each scored image (the report).
-    `filter_components=False` scores the plain thresholded map (no component filtering).
+    `filter_components=False` drops the presence rule and component filter (keeping the
+    model's threshold and TTA); `plain=True` scores the plain output (threshold 0.5, no TTA,
+    no rules). `threshold` and `tta` override either.
     """
     loaded = load_model(checkpoint, device)
-    thr = loaded.threshold if threshold is None else threshold
-    tta = loaded.tta if tta is None else tta
+    settings = plain_settings() if plain else loaded.settings
+    if not filter_components:
+        settings = PostprocessSettings(threshold=settings.threshold, tta=settings.tta)
+    settings = settings.replace(threshold=threshold, tta=tta)
     forward = torch_forward(loaded, device)
     out = Path(out)
     pred_dir = out / "test_preds"
@@ -74,29 +100,20 @@ def evaluate(
         except ImageReadError as exc:
             errors.append(str(exc))
             continue
-        prob = predict_probs(forward, [gray], loaded.size, tta, batch_size)[0]
-        pred = loaded.postprocess(prob, thr) if filter_components else prob >= thr
+        p = predict_maps(forward, [gray], loaded.size, settings.tta, batch_size)[0]
+        pred = decide(p.prob, p.score, settings)
         Image.fromarray(pred.astype(np.uint8) * 255).save(pred_dir / f"{img_path.stem}_pred.png")
-        m = image_metrics(pred, truth)
-        rows.append({"name": img_path.stem, "class": class_of(img_path.stem),
-                     "height": truth.shape[0], "width": truth.shape[1],
-                     "true_area": int(truth.sum()), "pred_area": int(pred.sum()), **m})
+        rows.append(score_image(img_path.stem, truth, pred, p.score))
         if on_image is not None:
-            on_image(rows[-1], gray, truth, prob, pred)
+            on_image(rows[-1], gray, truth, p.prob, pred)
     if not rows:
         raise ValueError(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)
-    summary.update({"threshold": thr, "min_area_frac": loaded.min_area_frac,
-                    "keep_largest": loaded.keep_largest,
-                    "min_confidence": loaded.min_confidence, "tta": tta,
-                    "filter_components": filter_components,
+    summary.update({**settings.to_dict(), "postprocess": settings.to_dict(),
                     "checkpoint": str(checkpoint or "shipped"),
                     "model": loaded.name, "data": str(data), "errors": errors})
-    (out / "metrics.json").write_text(json.dumps(summary, indent=1))
-    with open(out / "per_image.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_json(out / "metrics.json", summary)
+    write_rows(out / "per_image.csv", rows)
     return summary
 
 
@@ -105,6 +122,10 @@ def format_summary(s: dict) -> str:
     lo, hi = s["dice_ci95"]
     lines = [f"images {s['n_images']}  Dice {s['dice']:.4f} (95% CI {lo:.4f}-{hi:.4f})  "
              f"IoU {s['iou']:.4f}  acc {s['accuracy']:.4f}  HD95 {s['hd95']:.1f}px"]
+    if s.get("missed_lesion_rate") is not None:
+        lines.append(f"  missed lesions {s['n_missed']} ({s['missed_lesion_rate']:.3f})"
+                     + (f"  normal false-positive rate {s['normal_fp_rate']:.3f}"
+                        if s.get("normal_fp_rate") is not None else ""))
     for c, m in s["per_class"].items():
         extra = (f"  false-positive rate {m['false_positive_rate']:.3f}"
                  if "false_positive_rate" in m else "")

@@ -10,17 +10,21 @@ import torch
 from torch import nn
 
 from busseg.checkpoint import LoadedModel, load_model
+from busseg.models.unet import split_output
 
 
 class ProbabilityModel(nn.Module):
-    """Wraps the network so the exported graph outputs probabilities."""
+    """Wraps the network so the exported graph outputs probabilities (and lesion scores)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.net(x))
+    def forward(self, x: torch.Tensor):
+        seg, presence = split_output(self.net(x))
+        if presence is None:
+            return torch.sigmoid(seg)
+        return torch.sigmoid(seg), torch.sigmoid(presence)
 
 
 def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: int = 18) -> Path:
@@ -30,13 +34,15 @@ def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(2, 1, loaded.size, loaded.size)
+    names = ["probability"] + (["lesion_score"] if loaded.has_presence else [])
+    axes = {"image": {0: "batch", 2: "height", 3: "width"},
+            "probability": {0: "batch", 2: "height", 3: "width"}, "lesion_score": {0: "batch"}}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         torch.onnx.export(
-            net, (x,), str(out), input_names=["image"], output_names=["probability"],
-            dynamic_axes={"image": {0: "batch", 2: "height", 3: "width"},
-                          "probability": {0: "batch", 2: "height", 3: "width"}},
+            net, (x,), str(out), input_names=["image"], output_names=names,
+            dynamic_axes={k: v for k, v in axes.items() if k in ["image", *names]},
             opset_version=opset, dynamo=False, verbose=False,
         )
     return out

@@ -3,28 +3,41 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 from busseg.checkpoint import LoadedModel, load_model
+from busseg.models.unet import split_output
+from busseg.postprocess import decide
 from busseg.preprocess import prepare_input, resize_prob, to_gray01
 
-Forward = Callable[[torch.Tensor], torch.Tensor]  # N x 1 x S x S in [0, 1] -> probabilities
+# N x 1 x S x S images in [0, 1] -> (probabilities N x 1 x S x S, lesion scores N or None)
+Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
+class Prediction:
+    """A probability map at the image's own resolution and the image-level lesion score."""
+
+    prob: np.ndarray
+    score: float | None
 
 
 def torch_forward(loaded: LoadedModel, device: str = "cpu") -> Forward:
-    """A forward function running the PyTorch model (probabilities, float32)."""
+    """A forward function running the PyTorch model (float32 outputs on the CPU)."""
     net = loaded.net
 
     @torch.inference_mode()
-    def run(x: torch.Tensor) -> torch.Tensor:
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = x.to(device)
         if device == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(net(x).float()).cpu()
+        seg, presence = split_output(net(x))
+        score = None if presence is None else torch.sigmoid(presence.float()).cpu()
+        return torch.sigmoid(seg.float()).cpu(), score
 
     return run
 
@@ -39,51 +52,36 @@ def onnx_forward(onnx_path: Path | str, threads: int = 0) -> Forward:
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
 
-    def run(x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(sess.run(None, {name: x.numpy().astype(np.float32)})[0])
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        outs = sess.run(None, {name: x.numpy().astype(np.float32)})
+        score = torch.from_numpy(outs[1]).reshape(-1) if len(outs) > 1 else None
+        return torch.from_numpy(outs[0]), score
 
     return run
 
 
-def predict_probs(
+def predict_maps(
     forward: Forward,
     images: Sequence[np.ndarray],
     size: int,
     tta: bool = False,
     batch_size: int = 8,
-) -> list[np.ndarray]:
-    """Probability maps at each image's own resolution (float32, H x W)."""
-    out: list[np.ndarray] = []
+) -> list[Prediction]:
+    """Probability maps at each image's own resolution (float32, H x W) and lesion scores;
+    with `tta` both are averaged with the horizontally flipped image's."""
+    out: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         chunk = [to_gray01(im) for im in images[start:start + batch_size]]
         x = torch.cat([prepare_input(g, size) for g in chunk])
-        prob = forward(x)
+        prob, score = forward(x)
         if tta:
-            prob = (prob + forward(x.flip(-1)).flip(-1)) / 2
-        for g, p in zip(chunk, prob):
-            out.append(resize_prob(p[None].float(), g.shape)[0, 0].numpy())
+            prob_f, score_f = forward(x.flip(-1))
+            prob = (prob + prob_f.flip(-1)) / 2
+            score = None if score is None else (score + score_f) / 2
+        for i, (g, p) in enumerate(zip(chunk, prob)):
+            s = None if score is None else float(score[i])
+            out.append(Prediction(resize_prob(p[None].float(), g.shape)[0, 0].numpy(), s))
     return out
-
-
-def postprocess(prob: np.ndarray, threshold: float, min_area_frac: float = 0.0,
-                keep_largest: bool = False, min_confidence: float = 0.0) -> np.ndarray:
-    """Threshold a probability map, then drop connected components smaller than
-    `min_area_frac` of the image or whose mean probability is below `min_confidence`, and, with
-    `keep_largest`, all but the largest one left."""
-    mask = prob >= threshold
-    if not mask.any() or (min_area_frac <= 0 and not keep_largest and min_confidence <= 0):
-        return mask
-    labels, n = ndimage.label(mask)
-    index = np.arange(1, n + 1)
-    areas = ndimage.sum_labels(mask, labels, index)
-    keep = areas >= min_area_frac * mask.size
-    if min_confidence > 0:
-        keep &= ndimage.mean(prob, labels, index) >= min_confidence
-    if keep_largest and keep.any():
-        largest = int(np.argmax(np.where(keep, areas, -1)))
-        keep = np.zeros_like(keep)
-        keep[largest] = True
-    return np.isin(labels, index[keep])
 
 
 def segment(
@@ -97,6 +95,6 @@ def segment(
     `model` is a `load_model()` result, a checkpoint path, or None for the shipped model.
     """
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
-    tta = loaded.tta if tta is None else tta
-    prob = predict_probs(torch_forward(loaded), [np.asarray(image)], loaded.size, tta)[0]
-    return loaded.postprocess(prob, threshold)
+    settings = loaded.settings.replace(threshold=threshold, tta=tta)
+    pred = predict_maps(torch_forward(loaded), [np.asarray(image)], loaded.size, settings.tta)[0]
+    return decide(pred.prob, pred.score, settings)

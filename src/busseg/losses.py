@@ -36,3 +36,9 @@ def deep_supervision_loss(
         t = F.adaptive_avg_pool2d(target.to(a.dtype), a.shape[-2:])
         loss = loss + aux_weight * bce_dice_loss(a, (t >= 0.5).to(a.dtype)) / len(aux)
     return loss
+
+
+def presence_loss(presence_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BCE of per-image presence logits (N) against "the mask holds any lesion pixel"."""
+    has_lesion = (target.flatten(1).amax(1) > 0.5).to(presence_logits.dtype)
+    return F.binary_cross_entropy_with_logits(presence_logits, has_lesion)

@@ -16,7 +16,8 @@ from tqdm import tqdm
 
 from busseg.checkpoint import load_model
 from busseg.imageio import IMAGE_SUFFIXES, ImageReadError, Scan, is_dicom, read_scans
-from busseg.inference import onnx_forward, predict_probs, torch_forward
+from busseg.inference import onnx_forward, predict_maps, torch_forward
+from busseg.postprocess import decide
 from busseg.preprocess import to_gray01
 
 log = logging.getLogger("busseg.predict")
@@ -115,8 +116,8 @@ def predict(
 ) -> PredictReport:
     """Segment every readable input; one bad file is reported and never stops the others."""
     loaded = load_model(checkpoint, "cuda" if device == "cuda" else "cpu")
-    thr = loaded.threshold if threshold is None else threshold
-    tta = loaded.tta if tta is None else tta
+    settings = loaded.settings.replace(threshold=threshold, tta=tta)
+    thr, tta = settings.threshold, settings.tta
     if backend == "onnx":
         if onnx_path is None:
             from busseg.export import export_onnx
@@ -143,17 +144,18 @@ def predict(
             report.errors.append(msg)
             log.error(msg)
             continue
-        probs = predict_probs(forward, grays, loaded.size, tta, batch_size)
-        for scan, gray, prob in zip(scans, grays, probs):
+        preds = predict_maps(forward, grays, loaded.size, tta, batch_size)
+        for scan, gray, pred in zip(scans, grays, preds):
             name = _unique_name(scan, used)
-            mask = loaded.postprocess(prob, thr)
+            prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
             if save_prob:
                 Image.fromarray((prob * 255 + 0.5).astype(np.uint8)).save(out / f"{name}_prob.png")
             if overlay:
                 overlay_image(gray, mask).save(out / f"{name}_overlay.png")
             row = {"name": name, "file": str(path), "frame": scan.frame,
-                   **lesion_stats(mask, prob, scan.pixel_spacing_mm)}
+                   **lesion_stats(mask, prob, scan.pixel_spacing_mm),
+                   "lesion_score": None if pred.score is None else round(pred.score, 4)}
             report.rows.append(row)
     _write_results(out, report, thr)
     return report
@@ -163,7 +165,7 @@ def _write_results(out: Path, report: PredictReport, threshold: float) -> None:
     (out / "results.json").write_text(json.dumps(
         {"threshold": threshold, "images": report.rows, "errors": report.errors}, indent=1))
     fields = ["name", "file", "frame", "height", "width", "lesion_area_px", "lesion_fraction",
-              "bbox_xyxy", "n_lesions", "mean_prob", "lesion_area_mm2"]
+              "bbox_xyxy", "n_lesions", "mean_prob", "lesion_area_mm2", "lesion_score"]
     with open(out / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()

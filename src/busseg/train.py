@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import json
@@ -31,8 +30,10 @@ from busseg.distributed import (
     cleanup,
 )
 from busseg.distributed import setup as dist_setup
-from busseg.losses import bce_dice_loss, deep_supervision_loss
+from busseg.losses import bce_dice_loss, deep_supervision_loss, presence_loss
 from busseg.metrics import batch_dice
+from busseg.models.unet import split_output
+from busseg.precision import autocast, choose_precision
 
 log = logging.getLogger("busseg.train")
 LOG_KEYS = ("loss", "acc", "dice")
@@ -75,11 +76,9 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r} (adam, adamw)")
+    """Adam or AdamW as the config says."""
+    cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @torch.no_grad()
@@ -91,10 +90,15 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def autocast_ctx(cfg: TrainConfig, device: torch.device):
-    """bf16 autocast on CUDA ('auto' or 'bf16'); none on CPU, where bf16 is far slower here."""
-    use = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use else contextlib.nullcontext()
+def training_loss(outputs, y: torch.Tensor, presence_weight: float):
+    """BCE + Dice (with deep supervision) plus, for models with a presence head, a weighted BCE
+    on "this image holds a lesion" (taken from the augmented mask). Returns (loss, seg logits)."""
+    seg, presence = split_output(outputs)
+    seg = [o.float() for o in seg] if isinstance(seg, list) else seg.float()
+    loss = deep_supervision_loss(seg, y)
+    if presence is not None and presence_weight > 0:
+        loss = loss + presence_weight * presence_loss(presence.float(), y)
+    return loss, (seg[0] if isinstance(seg, list) else seg)
 
 
 def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -105,7 +109,8 @@ def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tens
 
 @torch.no_grad()
 def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: torch.device,
-             batch_size: int = 16, info: DistInfo | None = None) -> dict[str, float]:
+             batch_size: int = 16, info: DistInfo | None = None,
+             dtype: torch.dtype | None = None) -> dict[str, float]:
     """Mean loss, pixel accuracy and per-image Dice at the training size.
 
     Dice is averaged over lesion images (benign, malignant, unknown) when the split has any, so
@@ -122,8 +127,8 @@ def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: tor
         x, y = split.batch(idx, device)
         if cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_ctx(cfg, device):
-            logits = model(x)
+        with autocast(dtype, device):
+            logits, _ = split_output(model(x))
         logits = logits.float()
         loss_sum += float(bce_dice_loss(logits, y)) * len(idx)
         acc, dice = batch_scores(torch.sigmoid(logits) >= cfg.threshold, y)
@@ -147,20 +152,24 @@ def _save_logs(out: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, resume: bool = False,
+          splits: tuple[TensorSplit, TensorSplit] | None = None) -> dict:
     """Train a model as `cfg` says; return a summary (best val Dice, epoch, paths, time).
 
-    Under torchrun (WORLD_SIZE > 1) each rank trains on its share of every global batch of
-    `batch_size * world` images with DistributedDataParallel; rank 0 alone logs and saves.
+    `splits` gives the (train, val) images directly (cross-validation folds); otherwise they are
+    read from `cfg.data`/train and `cfg.data`/val. Under torchrun (WORLD_SIZE > 1) each rank
+    trains on its share of every global batch of `batch_size * world` images with
+    DistributedDataParallel; rank 0 alone logs and saves.
     """
     info, device = dist_setup(resolve_device(cfg.device))
     try:
-        return _train(cfg, resume, info, device)
+        return _train(cfg, resume, info, device, splits)
     finally:
         cleanup(info)
 
 
-def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device) -> dict:
+def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
+           splits: tuple[TensorSplit, TensorSplit] | None = None) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -168,15 +177,20 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
     out = Path(cfg.out)
     data = Path(cfg.data)
     t_load = time.time()
-    train_set = load_split(data / "train", cfg.size)
-    val_set = load_split(data / "val", cfg.size)
+    if splits is None:
+        train_set = load_split(data / "train", cfg.size)
+        val_set = load_split(data / "val", cfg.size)
+    else:
+        train_set, val_set = splits
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         log.info("loaded %d train / %d val images in %.1fs on %s (world %d)", len(train_set),
                  len(val_set), time.time() - t_load, device, info.world)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        if (data / "splits.json").is_file():
+        if splits is None and (data / "splits.json").is_file():
             shutil.copy(data / "splits.json", out / "splits.json")
+        (out / "split_used.json").write_text(json.dumps(
+            {"train": train_set.names, "val": val_set.names}, indent=1))
     if device.type == "cuda":  # data and augmentation live on the GPU
         train_set = TensorSplit(train_set.images.to(device), train_set.masks.to(device),
                                 train_set.names, train_set.labels)
@@ -191,6 +205,10 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model) if cfg.ema > 0 else None
+    dtype, precision = choose_precision(cfg.amp, device, model, cfg.size)
+    if info.main:
+        log.info("precision: %s (%s)", precision["precision"], precision["reason"])
+        (out / "precision.json").write_text(json.dumps(precision, indent=1))
     net: nn.Module = model
     if info.enabled:
         net = nn.parallel.DistributedDataParallel(
@@ -244,10 +262,9 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
             x, y = augment_batch(x, y, malignant[idx], cfg.augment, aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast_ctx(cfg, device):
+            with autocast(dtype, device):
                 outputs = net(x)
-            outputs = [o.float() for o in outputs] if isinstance(outputs, list) else outputs.float()
-            loss = deep_supervision_loss(outputs, y)
+            loss, logits = training_loss(outputs, y, cfg.presence_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -255,7 +272,6 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
             if ema is not None:
                 ema_update(ema, model, cfg.ema)
             with torch.no_grad():
-                logits = outputs[0] if isinstance(outputs, list) else outputs
                 acc, dice = batch_scores(logits >= 0, y)  # logit >= 0 <=> sigmoid >= 0.5
                 sums[0] += float(loss.detach()) * len(idx)
                 sums[1] += acc * len(idx)
@@ -265,24 +281,25 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
         sums = all_reduce_sum(sums, info, device)
         row = {"epoch": epoch + 1, "train_loss": sums[0] / sums[3],
                "train_acc": sums[1] / sums[3], "train_dice": sums[2] / sums[3]}
-        val = validate(model, val_set, cfg, device, info=info)
+        val = validate(model, val_set, cfg, device, info=info, dtype=dtype)
         eval_model = model
         if ema is not None:  # EMA lags early in training: keep whichever is better on val
-            val_ema = validate(ema, val_set, cfg, device, info=info)
+            val_ema = validate(ema, val_set, cfg, device, info=info, dtype=dtype)
             row["val_dice_raw"], row["val_dice_ema"] = val["dice"], val_ema["dice"]
-            if val_ema["dice"] >= val["dice"]:
+            if val_ema["dice"] >= val["dice"] or cfg.select == "last":
                 val, eval_model = val_ema, ema
         row.update({f"val_{k}": v for k, v in val.items()})
         row["lr"] = opt.param_groups[0]["lr"]
         row["time_s"] = time.time() - t0
         history.append(row)
-        improved = val["dice"] > best
+        # select 'last' keeps the final (EMA) weights: val only measures, never chooses
+        improved = val["dice"] > best or cfg.select == "last"
         if improved:
             best, best_epoch, bad = val["dice"], epoch + 1, 0
         else:
             bad += 1
-        stopped = broadcast_flag(bad >= cfg.patience and epoch + 1 >= cfg.min_epochs,
-                                 info, device)
+        stopped = broadcast_flag(cfg.select == "best" and bad >= cfg.patience
+                                 and epoch + 1 >= cfg.min_epochs, info, device)
         if info.main:
             if improved:
                 save_checkpoint(best_path, {
@@ -312,7 +329,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device)
             break
     summary = {"best_val_dice": best, "best_epoch": best_epoch, "epochs_run": len(history),
                "train_time_s": time.time() - t0, "checkpoint": str(best_path),
-               "early_stopped": stopped, "device": str(device), "world_size": info.world,
+               "early_stopped": stopped, "precision": precision["precision"],
+               "device": str(device), "world_size": info.world,
                "rank_weight_checksums": all_gather_objects(weight_checksum(model), info)}
     if info.main:
         (out / "train_summary.json").write_text(json.dumps(summary, indent=1))

@@ -1,63 +1,128 @@
-"""`busseg tune`: choose threshold, small-component removal and flip TTA on the validation split.
+"""`busseg tune`: choose the post-processing (`PostprocessSettings`) on held-out predictions.
 
-The objective is the mean per-image Dice over every validation image, normal scans included
-(an empty prediction on a normal scan scores 1, any lesion 0), so the choice trades lesion Dice
-against false positives on normal scans. The test split is never read.
+The predictions are the out-of-fold ones of a cross-validation (`--cv DIR`, the default way:
+every train + val scan) or a model's predictions on a folder (`--data`, e.g. the val split).
+The choice, in order:
+1. the presence threshold: the highest one that empties at most `max_missed` (2%) of the lesion
+   scans (so the fewest normal scans keep a mask);
+2. flip TTA, threshold and component filter: the highest mean Dice over all scans (normal scans
+   score 1 when empty, 0 otherwise) under that presence rule.
+The result is written to `postprocess.json` beside the checkpoint (the weights are not touched)
+and the full grid to `tune.json`. The test split is never read.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
+import math
 from pathlib import Path
 
 import numpy as np
-import torch
+from tqdm import tqdm
 
-from busseg.checkpoint import load_model, save_checkpoint
-from busseg.data.dataset import class_of, list_pairs, load_pair
-from busseg.inference import postprocess, predict_probs, torch_forward
+from busseg.jsonio import write_json
 from busseg.metrics import image_metrics
+from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, decide, save_settings
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-MIN_AREAS = (0.0, 0.001, 0.0025, 0.005, 0.01, 0.02)
-MIN_CONFIDENCES = (0.0, 0.7, 0.75, 0.8, 0.85)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+MIN_AREAS = (0.0, 0.0025, 0.005, 0.01)
+MAX_MISSED = 0.02
 
 
-def tune_postprocess(checkpoint: Path | str, val_dir: Path | str, write: bool = True) -> dict:
-    """Grid-search the post-processing on `val_dir`; store the best in the checkpoint."""
+def presence_threshold(lesion_scores: np.ndarray, max_missed: float = MAX_MISSED) -> float | None:
+    """The highest threshold leaving at most `max_missed` of the lesion scans below it."""
+    s = np.sort(lesion_scores[~np.isnan(lesion_scores)])
+    if s.size == 0:
+        return None
+    k = int(math.floor(max_missed * s.size + 1e-9))  # scans allowed below the threshold
+    return float(s[min(k, s.size - 1)])
+
+
+def _score_setting(probs, scores, truths,
+                   settings: PostprocessSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Per-image Dice and whether the final mask is empty."""
+    dice, empty = [], []
+    for p, s, t in zip(probs, scores, truths):
+        mask = decide(p, s, settings)
+        dice.append(image_metrics(mask, t, False)["dice"])
+        empty.append(not mask.any())
+    return np.array(dice), np.array(empty)
+
+
+def choose(preds: dict[bool, tuple[list[np.ndarray], list[float | None]]],
+           truths: list[np.ndarray], max_missed: float = MAX_MISSED,
+           progress: bool = True) -> dict:
+    """Grid-search the settings on predictions `{tta: (probs, scores)}` against `truths`."""
+    lesion = np.array([t.any() for t in truths])
+    results = []
+    grid = list(itertools.product(preds, THRESHOLDS, MIN_AREAS, (False, True)))
+    for tta, thr, area, largest in tqdm(grid, desc="tune", unit="setting", disable=not progress):
+        probs, scores = preds[tta]
+        sc = np.array([np.nan if s is None else s for s in scores], dtype=float)
+        gate = presence_threshold(sc[lesion], max_missed) if lesion.any() else None
+        settings = PostprocessSettings(threshold=thr, tta=tta, presence_threshold=gate,
+                                       min_area_frac=area, keep_largest=largest)
+        dice, empty = _score_setting(probs, scores, truths, settings)
+        results.append({
+            "settings": settings.to_dict(), "dice_all": float(dice.mean()),
+            "dice_lesion": float(dice[lesion].mean()) if lesion.any() else None,
+            "missed_lesion_rate": float(empty[lesion].mean()) if lesion.any() else None,
+            "normal_fp_rate": float((~empty[~lesion]).mean()) if (~lesion).any() else None,
+        })
+    best = max(results, key=lambda r: round(r["dice_all"], 6))  # ties: first (simplest) row
+    return {"best": best, "n": len(truths), "n_lesion": int(lesion.sum()),
+            "n_normal": int((~lesion).sum()), "max_missed": max_missed, "grid": results}
+
+
+def preds_from_oof(cv_dir: Path | str) -> tuple[dict, list[np.ndarray]]:
+    """`{tta: (probs, scores)}` and truths from a cross-validation's OOF predictions."""
+    from busseg.cv import load_oof
+
+    z = load_oof(cv_dir)
+
+    def unpack(prob_key: str, score_key: str):
+        probs = [p.astype(np.float32) / 255.0 for p in z[prob_key]]
+        scores = [None if np.isnan(s) else float(s) for s in z[score_key]]
+        return probs, scores
+
+    return ({False: unpack("prob", "score"), True: unpack("prob_tta", "score_tta")},
+            list(z["truth"]))
+
+
+def preds_from_folder(checkpoint: Path | str, data: Path | str) -> tuple[dict, list[np.ndarray]]:
+    """`{tta: (probs, scores)}` and truths of a model on a folder of images and masks."""
+    from busseg.checkpoint import load_model
+    from busseg.data.dataset import list_pairs, load_pair
+    from busseg.inference import predict_maps, torch_forward
+
     loaded = load_model(checkpoint)
     forward = torch_forward(loaded)
-    paths = list_pairs(val_dir)
-    pairs = [load_pair(i, m) for i, m in paths]
-    names = [i.stem for i, _ in paths]
-    lesion = np.array([class_of(n) != "normal" for n in names])
+    pairs = [load_pair(i, m) for i, m in list_pairs(data)]
     grays = [g for g, _ in pairs]
-    truths = [t for _, t in pairs]
-    probs = {tta: predict_probs(forward, grays, loaded.size, tta) for tta in (False, True)}
-    results = []
-    for tta, thr, area, largest, conf in itertools.product(
-            (False, True), THRESHOLDS, MIN_AREAS, (False, True), MIN_CONFIDENCES):
-        dice = np.array([image_metrics(postprocess(p, thr, area, largest, conf), t, False)["dice"]
-                         for p, t in zip(probs[tta], truths)])
-        results.append({
-            "tta": tta, "threshold": thr, "min_area_frac": area, "keep_largest": largest,
-            "min_confidence": conf,
-            "dice_all": float(dice.mean()), "dice_lesion": float(dice[lesion].mean()),
-            "normal_fp_rate": float(1 - dice[~lesion].mean()) if (~lesion).any() else None,
-        })
-    # best objective; ties go to the simplest setting (listed first)
-    best = max(results, key=lambda r: round(r["dice_all"], 6))
-    base = next(r for r in results if not r["tta"] and r["threshold"] == 0.5
-                and r["min_area_frac"] == 0 and not r["keep_largest"] and r["min_confidence"] == 0)
-    report = {"best": best, "baseline": base, "n_val": len(names),
-              "n_val_normal": int((~lesion).sum()), "grid": results}
+    preds = {}
+    for tta in (False, True):
+        maps = predict_maps(forward, grays, loaded.size, tta)
+        preds[tta] = ([m.prob for m in maps], [m.score for m in maps])
+    return preds, [t for _, t in pairs]
+
+
+def tune_postprocess(checkpoint: Path | str, val_dir: Path | str | None = None,
+                     cv_dir: Path | str | None = None, write: bool = True,
+                     progress: bool = True) -> dict:
+    """Choose the settings on `cv_dir`'s OOF predictions (or the checkpoint's on `val_dir`);
+    write `postprocess.json` and `tune.json` beside the checkpoint."""
+    if (val_dir is None) == (cv_dir is None):
+        raise ValueError("tune needs exactly one of --cv DIR or --data DIR")
+    if not Path(checkpoint).is_file():
+        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+    if cv_dir is not None:
+        preds, truths = preds_from_oof(cv_dir)
+    else:
+        preds, truths = preds_from_folder(checkpoint, val_dir)
+    report = choose(preds, truths, progress=progress)
+    report["source"] = f"out-of-fold predictions of {cv_dir}" if cv_dir else str(val_dir)
     if write:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        ckpt["threshold"] = best["threshold"]
-        ckpt["postprocess"] = {"min_area_frac": best["min_area_frac"],
-                               "keep_largest": best["keep_largest"], "tta": best["tta"],
-                               "min_confidence": best["min_confidence"]}
-        save_checkpoint(checkpoint, ckpt)
-        Path(checkpoint).with_name("tune.json").write_text(json.dumps(report, indent=1))
+        folder = Path(checkpoint).parent
+        save_settings(PostprocessSettings(**report["best"]["settings"]), folder / SETTINGS_FILE)
+        write_json(folder / "tune.json", report)
     return report

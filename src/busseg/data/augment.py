@@ -60,6 +60,9 @@ def augment_batch(
     x = (x - mean) * contrast + mean + bright
     sigma = (s * cfg.noise).view(view)
     x = x * (1.0 + sigma * torch.randn(x.shape, generator=gen, device=device))
+    if cfg.ramp > 0:  # gain rising or falling linearly with depth (image row)
+        depth = torch.linspace(-1.0, 1.0, x.shape[-2], device=device).view(1, 1, -1, 1)
+        x = x * (1.0 + _uniform(n, s * cfg.ramp, gen, device).view(view) * depth)
     if cfg.blur > 0:
         blur_on = (torch.rand(n, generator=gen, device=device) < cfg.blur * on).view(view)
         kernel = torch.tensor([1.0, 2.0, 1.0], device=device)

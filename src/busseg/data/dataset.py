@@ -73,7 +73,11 @@ class TensorSplit:
 
 def load_split(split_dir: Path | str, size: int) -> TensorSplit:
     """Read every pair of a split folder, resized to size x size, into uint8 tensors."""
-    pairs = list_pairs(split_dir)
+    return load_pairs(list_pairs(split_dir), size)
+
+
+def load_pairs(pairs: list[tuple[Path, Path]], size: int) -> TensorSplit:
+    """Read (image, mask) pairs, resized to size x size, into uint8 tensors."""
     n = len(pairs)
     images = torch.empty(n, 1, size, size, dtype=torch.uint8)
     masks = torch.empty(n, 1, size, size, dtype=torch.uint8)

@@ -60,6 +60,8 @@ class UNet(nn.Module):
         stem_stride: 1 for the classic layout, 2 to run the first stage at half resolution.
         deep_supervision: also return auxiliary logits from the two coarsest decoder stages
             during training (ignored in eval mode).
+        presence_head: also return one image-level "holds a lesion" logit per image, from the
+            average- and max-pooled bottleneck features; the output is then `(seg, presence)`.
     """
 
     def __init__(
@@ -67,8 +69,9 @@ class UNet(nn.Module):
         width: int = 16,
         depth: int = 4,
         in_channels: int = 1,
-        stem_stride: int = 1,
+        stem_stride: int = 2,
         deep_supervision: bool = False,
+        presence_head: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1 or width < 1 or stem_stride not in (1, 2):
@@ -89,15 +92,18 @@ class UNet(nn.Module):
         else:
             self.head_up = nn.Identity()
             self.head = nn.Conv2d(chans[0], 1, 1)
-        self.aux = nn.ModuleList(nn.Conv2d(chans[k], 1, 1) for k in (2, 1)) if (
-            deep_supervision and depth >= 2) else None
+        # auxiliary heads on the outputs of the first (coarsest) two decoder stages
+        aux_chans = [chans[k] for k in reversed(range(depth))][:2]
+        self.aux = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in aux_chans) if (
+            deep_supervision) else None
+        self.presence = nn.Linear(2 * chans[depth], 1) if presence_head else None
 
     @property
     def multiple(self) -> int:
         """Input sides are padded to a multiple of this."""
         return 2**self.depth * self.stem_stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> SegOutput:
         h, w = x.shape[-2:]
         m = self.multiple
         ph, pw = (-h) % m, (-w) % m
@@ -110,12 +116,25 @@ class UNet(nn.Module):
             x = down(F.max_pool2d(x, 2))
             skips.append(x)
         skips.pop()
+        presence = None
+        if self.presence is not None:
+            pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
+            presence = self.presence(pooled)[:, 0]
         aux_out = []
         for i, up in enumerate(self.ups):
             x = up(x, skips.pop())
             if self.aux is not None and self.training and i < 2:
                 aux_out.append(self.aux[i](x))
         logits = self.head(self.head_up(x))[..., :h, :w]
-        if aux_out:
-            return [logits] + aux_out
-        return logits
+        seg: torch.Tensor | list[torch.Tensor] = [logits] + aux_out if aux_out else logits
+        return seg if presence is None else (seg, presence)
+
+
+SegOutput = torch.Tensor | list[torch.Tensor] | tuple
+
+
+def split_output(out: SegOutput) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | None]:
+    """(segmentation logits or deep-supervision list, presence logits or None) of a model output."""
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None

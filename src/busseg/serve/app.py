@@ -19,7 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from busseg import __version__
 from busseg.checkpoint import load_model
 from busseg.imageio import ImageReadError, read_upload
-from busseg.inference import predict_probs, torch_forward
+from busseg.inference import predict_maps, torch_forward
+from busseg.postprocess import decide
 from busseg.predict import lesion_stats, overlay_image
 from busseg.preprocess import to_gray01
 
@@ -100,8 +101,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             raise HTTPException(code, f"{name}: {exc.reason}") from None
         except ValueError as exc:
             raise HTTPException(422, f"{name}: {exc}") from None
-        prob = predict_probs(forward, [gray], loaded.size, loaded.tta)[0]
-        mask = loaded.postprocess(prob, threshold)
+        settings = loaded.settings.replace(threshold=threshold)
+        pred = predict_maps(forward, [gray], loaded.size, settings.tta)[0]
+        prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
         if output is Output.mask:
             return _png(Image.fromarray(mask.astype(np.uint8) * 255))
         if output is Output.overlay:

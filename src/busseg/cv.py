@@ -1,0 +1,222 @@
+"""`busseg cv`: k-fold cross-validation over the train + val scans of a prepared split.
+
+Folds hold whole near-duplicate groups (the `group` column of `manifest.csv`), keep each class's
+share, and never touch the test split. Each fold trains in `OUT/fold_K/` (resumable); the folds'
+held-out predictions are then gathered into out-of-fold (OOF) results in `OUT/oof/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+
+from busseg.config import TrainConfig
+from busseg.data.dataset import TensorSplit, load_pairs
+from busseg.data.split import assign_groups
+from busseg.jsonio import write_json
+from busseg.postprocess import PostprocessSettings, plain_settings
+
+log = logging.getLogger("busseg.cv")
+POOL_SPLITS = ("train", "val")
+
+
+def read_pool(data: Path | str) -> list[dict]:
+    """The train + val rows of `data/manifest.csv` with their image and mask paths."""
+    data = Path(data)
+    manifest = data / "manifest.csv"
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest}: not found (run `busseg prepare` first)")
+    with open(manifest, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["split"] in POOL_SPLITS]
+    pool = []
+    for r in rows:
+        img = next(iter(sorted((data / r["split"] / "images").glob(f"{_glob(r['name'])}.*"))),
+                   None)
+        if img is None:
+            raise FileNotFoundError(f"{data / r['split'] / 'images'}: no image for {r['name']!r}")
+        mask = data / r["split"] / "masks" / f"{img.stem}_mask.png"
+        pool.append({"name": img.stem, "class": r["class"], "group": r["group"],
+                     "image": str(img), "mask": str(mask)})
+    if not pool:
+        raise ValueError(f"{manifest}: no train or val rows")
+    return pool
+
+
+def _glob(name: str) -> str:
+    """Escape glob specials (BUSI names hold parentheses, which glob treats literally anyway)."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
+
+
+def assign_folds(pool: list[dict], k: int = 5, seed: int = 0) -> dict[str, int]:
+    """Fold index of every pool image: whole groups per fold, per-class balance kept."""
+    if k < 2:
+        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+    parts = assign_groups([r["class"] for r in pool], [r["group"] for r in pool],
+                          (1.0 / k,) * k, seed)
+    return {r["name"]: p for r, p in zip(pool, parts)}
+
+
+def fold_splits(pool: list[dict], folds: dict[str, int], fold: int,
+                size: int) -> tuple[TensorSplit, TensorSplit]:
+    """(train, held-out) images of one fold, in memory at `size`."""
+    def pairs(keep):
+        return [(Path(r["image"]), Path(r["mask"])) for r in pool if keep(folds[r["name"]])]
+
+    return (load_pairs(pairs(lambda f: f != fold), size),
+            load_pairs(pairs(lambda f: f == fold), size))
+
+
+def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed: int) -> None:
+    """`OUT/folds.json`: the fold of every image (refusing to change an existing assignment)."""
+    doc = {"k": k, "seed": seed, "folds": folds,
+           "groups": {r["name"]: r["group"] for r in pool},
+           "classes": {r["name"]: r["class"] for r in pool}}
+    path = out / "folds.json"
+    if path.is_file():
+        old = json.loads(path.read_text())
+        if old.get("folds") != folds:
+            raise ValueError(f"{path}: holds a different fold assignment; use a new --out")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1))
+
+
+def fold_done(fold_dir: Path) -> bool:
+    """Whether a fold's training finished (its summary exists)."""
+    return (fold_dir / "train_summary.json").is_file()
+
+
+def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None = None,
+           seed: int = 0) -> list[dict]:
+    """Train the folds in `only` (default: all) that have not finished; resume an interrupted one.
+
+    Returns each fold's training summary, with its wall time.
+    """
+    from busseg.train import train
+
+    out = Path(out)
+    pool = read_pool(cfg.data)
+    folds = assign_folds(pool, k, seed)
+    write_folds(out, pool, folds, k, seed)
+    summaries = []
+    for fold in only if only is not None else range(k):
+        if not 0 <= fold < k:
+            raise ValueError(f"fold {fold} out of range 0-{k - 1}")
+        fold_dir = out / f"fold_{fold}"
+        if not fold_done(fold_dir):
+            fold_cfg = dataclasses.replace(cfg, out=str(fold_dir))
+            resume = (fold_dir / "last.pt").is_file()
+            log.info("fold %d/%d: %s", fold, k, "resuming" if resume else "training")
+            t0 = time.time()
+            train(fold_cfg, resume=resume, splits=fold_splits(pool, folds, fold, cfg.size))
+            log.info("fold %d finished in %.1f min (this session)", fold, (time.time() - t0) / 60)
+        summaries.append({"fold": fold, **json.loads(
+            (fold_dir / "train_summary.json").read_text())})
+    return summaries
+
+
+def predict_pool(forward_of_fold, pool: list[dict], folds: dict[str, int], k: int,
+                 size: int, progress: bool = True) -> dict:
+    """Held-out predictions of every pool image by the model of its fold, with and without flip
+    TTA: probabilities as uint8 (N x S x S) and lesion scores (NaN where the model has none)."""
+    from tqdm import tqdm
+
+    from busseg.data.dataset import load_pair
+    from busseg.inference import predict_maps
+
+    n = len(pool)
+    probs = {t: np.zeros((n, size, size), np.uint8) for t in (False, True)}
+    scores = {t: np.full(n, np.nan, np.float32) for t in (False, True)}
+    truths = np.zeros((n, size, size), bool)
+    bar = tqdm(total=n, desc="out-of-fold", unit="img", disable=not progress)
+    for fold in range(k):
+        forward = forward_of_fold(fold)
+        for i, r in enumerate(pool):
+            if folds[r["name"]] != fold:
+                continue
+            gray, truth = load_pair(Path(r["image"]), Path(r["mask"]))
+            if truth.shape != (size, size):
+                raise ValueError(f"{r['image']}: {truth.shape} is not the {size}x{size} of the "
+                                 "model; cross-validate on a split prepared at the model size")
+            truths[i] = truth
+            for tta in (False, True):
+                p = predict_maps(forward, [gray], size, tta)[0]
+                probs[tta][i] = np.round(p.prob * 255).astype(np.uint8)
+                scores[tta][i] = np.nan if p.score is None else p.score
+            bar.update()
+    bar.close()
+    return {"names": np.array([r["name"] for r in pool]), "truth": truths,
+            "prob": probs[False], "prob_tta": probs[True],
+            "score": scores[False], "score_tta": scores[True]}
+
+
+def load_oof(cv_dir: Path | str) -> dict:
+    """The arrays `gather_oof` saved in `CV/oof/predictions.npz`."""
+    path = Path(cv_dir) / "oof" / "predictions.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (run `busseg cv` to the end first)")
+    with np.load(path) as z:
+        return {key: z[key] for key in z.files}
+
+
+def gather_oof(cv_dir: Path | str, data: Path | str = "data", device: str = "cpu",
+               progress: bool = True) -> dict:
+    """Predict every pool image with its fold's model; write `CV/oof/predictions.npz` and the
+    plain output's per-image rows and `metrics.json` (same keys as evaluate) in `CV/oof/plain/`.
+    Returns that summary, with each fold's training wall time."""
+    from busseg.checkpoint import load_model
+    from busseg.inference import torch_forward
+
+    cv_dir = Path(cv_dir)
+    doc = json.loads((cv_dir / "folds.json").read_text())
+    k, folds = doc["k"], doc["folds"]
+    missing = [f for f in range(k) if not fold_done(cv_dir / f"fold_{f}")]
+    if missing:
+        raise FileNotFoundError(f"{cv_dir}: fold(s) {missing} have not finished training")
+    pool = [r for r in read_pool(data) if r["name"] in folds]
+    if len(pool) != len(folds):
+        raise ValueError(f"{data}: holds {len(pool)} of the {len(folds)} images in folds.json")
+    first = load_model(cv_dir / "fold_0" / "unet_final.pt", device)
+
+    def forward_of_fold(fold: int):
+        return torch_forward(load_model(cv_dir / f"fold_{fold}" / "unet_final.pt", device), device)
+
+    arrays = predict_pool(forward_of_fold, pool, folds, k, first.size, progress)
+    (cv_dir / "oof").mkdir(exist_ok=True)
+    np.savez_compressed(cv_dir / "oof" / "predictions.npz", **arrays)
+    return score_oof(cv_dir, arrays, plain_settings(), "plain")
+
+
+def score_oof(cv_dir: Path, arrays: dict, settings: PostprocessSettings, label: str) -> dict:
+    """Per-image rows and metrics of the OOF predictions under `settings` in `CV/oof/LABEL/`."""
+    from busseg.evaluate import score_image, summarise, write_rows
+    from busseg.postprocess import decide
+
+    prob = arrays["prob_tta" if settings.tta else "prob"]
+    score = arrays["score_tta" if settings.tta else "score"]
+    rows = []
+    for i, name in enumerate(arrays["names"]):
+        s = None if np.isnan(score[i]) else float(score[i])
+        pred = decide(prob[i].astype(np.float32) / 255.0, s, settings)
+        rows.append({"fold": None, **score_image(str(name), arrays["truth"][i], pred, s)})
+    doc = json.loads((cv_dir / "folds.json").read_text())
+    for r in rows:
+        r["fold"] = doc["folds"][r["name"]]
+    summary = summarise(rows)
+    times = [json.loads((cv_dir / f"fold_{f}" / "train_summary.json").read_text())
+             for f in range(doc["k"])]
+    summary.update({**settings.to_dict(), "postprocess": settings.to_dict(),
+                    "checkpoint": f"{cv_dir}/fold_*/unet_final.pt", "data": "out-of-fold",
+                    "errors": [], "fold_train_time_s": [t["train_time_s"] for t in times],
+                    "fold_precision": [t.get("precision", "fp32") for t in times]})
+    out = cv_dir / "oof" / label
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "metrics.json", summary)
+    write_rows(out / "per_image.csv", rows)
+    return summary

@@ -1,0 +1,117 @@
+"""The one decision rule that turns a probability map (and a lesion score) into a mask.
+
+numpy and scipy only, so every surface (CLI, Python API, ONNX path, service) applies the same
+rule. `PostprocessSettings` is what `busseg tune` chooses and stores in `postprocess.json`
+beside the weights (and in the shipped weights' metadata).
+
+The rule, for a probability map `prob` and an image-level lesion score `score` (the presence
+head's probability; None for models without one):
+1. With a presence threshold and a score below it, the scan holds no lesion: the mask is empty.
+2. Otherwise threshold the map and drop components smaller than `min_area_frac` of the image
+   (and, with `keep_largest`, all but the most lesion-like one).
+3. When the score says "lesion", the most lesion-like component (largest probability mass) is
+   always kept, even when it is small or below the threshold: a lesion the model found is never
+   erased by the component filters. If nothing passes the threshold, the component around the
+   most probable pixel (pixels at least half its probability) is the mask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+SETTINGS_FILE = "postprocess.json"
+
+
+@dataclass(frozen=True)
+class PostprocessSettings:
+    """Threshold, flip TTA, lesion-presence threshold and component filter of one model."""
+
+    threshold: float = 0.5
+    tta: bool = False
+    presence_threshold: float | None = None
+    min_area_frac: float = 0.0
+    keep_largest: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.presence_threshold is not None and not 0.0 <= self.presence_threshold <= 1.0:
+            raise ValueError(f"presence_threshold must be in [0, 1], got {self.presence_threshold}")
+        if not 0.0 <= self.min_area_frac < 1.0:
+            raise ValueError(f"min_area_frac must be in [0, 1), got {self.min_area_frac}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PostprocessSettings:
+        """Build from a dict; unknown keys are errors (older `min_confidence` is dropped)."""
+        data = {k: v for k, v in data.items() if k != "min_confidence"}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown post-processing key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def replace(self, **changes) -> PostprocessSettings:
+        """A copy with some values changed (None values are ignored)."""
+        return PostprocessSettings(**{**asdict(self),
+                                      **{k: v for k, v in changes.items() if v is not None}})
+
+
+def plain_settings() -> PostprocessSettings:
+    """The plain output: threshold 0.5, no TTA, no presence rule, no component filter."""
+    return PostprocessSettings()
+
+
+def save_settings(settings: PostprocessSettings, path: Path | str) -> None:
+    Path(path).write_text(json.dumps(settings.to_dict(), indent=1))
+
+
+def load_settings(path: Path | str) -> PostprocessSettings:
+    """Read a `postprocess.json`; a bad file raises ValueError naming it."""
+    try:
+        return PostprocessSettings.from_dict(json.loads(Path(path).read_text()))
+    except (json.JSONDecodeError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: not valid post-processing settings ({exc})") from None
+
+
+def says_lesion(score: float | None, settings: PostprocessSettings) -> bool | None:
+    """True/False from the presence rule; None when there is no rule or no score."""
+    if settings.presence_threshold is None or score is None:
+        return None
+    return bool(score >= settings.presence_threshold)
+
+
+def _strongest_fallback(prob: np.ndarray) -> np.ndarray:
+    """The component around the most probable pixel, at half its probability."""
+    peak = np.unravel_index(int(np.argmax(prob)), prob.shape)
+    labels, _ = ndimage.label(prob >= 0.5 * prob[peak])
+    return labels == labels[peak]
+
+
+def decide(prob: np.ndarray, score: float | None, settings: PostprocessSettings) -> np.ndarray:
+    """The final boolean mask of one probability map (see the module docstring)."""
+    lesion = says_lesion(score, settings)
+    if lesion is False:
+        return np.zeros(prob.shape, dtype=bool)
+    mask = prob >= settings.threshold
+    if not mask.any():
+        return _strongest_fallback(prob) if lesion else mask
+    if settings.min_area_frac <= 0 and not settings.keep_largest:
+        return mask
+    labels, n = ndimage.label(mask)
+    index = np.arange(1, n + 1)
+    areas = ndimage.sum_labels(mask, labels, index)
+    strength = ndimage.sum_labels(prob, labels, index)
+    keep = areas >= settings.min_area_frac * mask.size
+    if settings.keep_largest and keep.any():
+        keep = np.arange(n) == int(np.argmax(np.where(keep, strength, -1.0)))
+    if lesion:
+        keep[int(np.argmax(strength))] = True
+    return np.isin(labels, index[keep])

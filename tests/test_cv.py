@@ -1,0 +1,86 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from busseg.config import resolve_config
+from busseg.cv import assign_folds, gather_oof, read_pool, run_cv
+
+
+def _manifest(prepared):
+    with open(prepared / "manifest.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_folds_keep_groups_and_classes_and_leave_test_alone(prepared):
+    pool = read_pool(prepared)
+    rows = _manifest(prepared)
+    test_names = {r["name"] for r in rows if r["split"] == "test"}
+    assert {r["name"] for r in pool}.isdisjoint(test_names)
+    assert len(pool) == sum(r["split"] in ("train", "val") for r in rows)
+    folds = assign_folds(pool, k=3)
+    assert set(folds.values()) == {0, 1, 2}
+    by_group: dict = {}
+    for r in pool:
+        by_group.setdefault(r["group"], set()).add(folds[r["name"]])
+    assert all(len(f) == 1 for f in by_group.values())
+    assert any(sum(1 for r in pool if r["group"] == g) > 1 for g in by_group)  # twins exist
+    for cls in ("benign", "malignant"):
+        counts = [sum(1 for r in pool if r["class"] == cls and folds[r["name"]] == k)
+                  for k in range(3)]
+        assert max(counts) - min(counts) <= 2, (cls, counts)
+    with pytest.raises(ValueError, match="at least 2"):
+        assign_folds(pool, k=1)
+
+
+@pytest.fixture(scope="module")
+def cv_run(prepared, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cv")
+    cfg = resolve_config(None, [
+        f"data={prepared}", "size=64", "epochs=2", "batch_size=4", "lr=0.003", "select=last",
+        "model.width=4", "model.depth=2", "model.stem_stride=1", "model.presence_head=true",
+        "progress=false", "normal_share=0.2", "amp=fp32",
+    ])
+    summaries = run_cv(cfg, out, k=3)
+    return out, summaries
+
+
+def test_cv_trains_every_fold_on_its_own_split(cv_run, prepared):
+    out, summaries = cv_run
+    assert [s["fold"] for s in summaries] == [0, 1, 2]
+    folds = json.loads((out / "folds.json").read_text())["folds"]
+    for k in range(3):
+        used = json.loads((out / f"fold_{k}" / "split_used.json").read_text())
+        assert sorted(used["val"]) == sorted(n for n, f in folds.items() if f == k)
+        assert not set(used["train"]) & set(used["val"])
+        assert (out / f"fold_{k}" / "unet_final.pt").is_file()
+        assert summaries[k]["train_time_s"] > 0
+
+
+def test_cv_rerun_skips_finished_folds(cv_run, prepared):
+    out, summaries = cv_run
+    mtime = (out / "fold_1" / "unet_final.pt").stat().st_mtime_ns
+    cfg = resolve_config(None, [f"data={prepared}", "size=64", "epochs=2", "progress=false",
+                                "model.width=4", "model.depth=2", "model.stem_stride=1",
+                                "model.presence_head=true"])
+    again = run_cv(cfg, out, k=3, only=[1])
+    assert (out / "fold_1" / "unet_final.pt").stat().st_mtime_ns == mtime
+    assert again[0]["train_time_s"] == summaries[1]["train_time_s"]
+
+
+def test_gather_writes_oof_predictions_and_metrics(cv_run, prepared):
+    out, _ = cv_run
+    summary = gather_oof(out, prepared, progress=False)
+    pool = read_pool(prepared)
+    with np.load(out / "oof" / "predictions.npz") as z:
+        assert z["prob"].shape == (len(pool), 64, 64) and z["prob"].dtype == np.uint8
+        assert np.isfinite(z["score"]).all() and ((z["score"] >= 0) & (z["score"] <= 1)).all()
+        assert sorted(z["names"]) == sorted(r["name"] for r in pool)
+    metrics = json.loads((out / "oof" / "plain" / "metrics.json").read_text())
+    n_lesion = sum(r["class"] != "normal" for r in pool)
+    assert metrics["n_images"] == n_lesion == summary["n_images"]
+    assert 0.0 <= metrics["missed_lesion_rate"] <= 1.0
+    assert "normal_fp_rate" in metrics and len(metrics["fold_train_time_s"]) == 3
+    rows = list(csv.DictReader(open(out / "oof" / "plain" / "per_image.csv")))
+    assert {int(r["fold"]) for r in rows} == {0, 1, 2}

@@ -1,0 +1,73 @@
+import json
+
+import numpy as np
+import pytest
+
+from busseg.postprocess import (
+    PostprocessSettings,
+    decide,
+    load_settings,
+    save_settings,
+)
+
+
+def _three_blobs() -> np.ndarray:
+    prob = np.zeros((100, 100), np.float32)
+    prob[10:40, 10:40] = 0.9  # 900 px
+    prob[60:64, 60:64] = 0.8  # 16 px
+    prob[70:90, 10:30] = 0.7  # 400 px
+    return prob
+
+
+def test_threshold_and_component_filters():
+    prob = _three_blobs()
+    s = PostprocessSettings()
+    assert decide(prob, None, s).sum() == 1316
+    assert decide(prob, None, s.replace(threshold=0.75)).sum() == 916
+    assert decide(prob, None, s.replace(min_area_frac=0.01)).sum() == 1300
+    assert decide(prob, None, s.replace(keep_largest=True)).sum() == 900
+    # without a presence rule the filter may remove everything
+    assert decide(prob, None, s.replace(min_area_frac=0.5)).sum() == 0
+    empty = np.zeros((5, 5))
+    assert decide(empty, None, s.replace(min_area_frac=0.1, keep_largest=True)).sum() == 0
+
+
+def test_presence_rule_empties_a_normal_scan_with_a_low_score():
+    prob = _three_blobs()  # confident blobs, as false positives on normal scans are
+    s = PostprocessSettings(presence_threshold=0.4)
+    assert decide(prob, 0.1, s).sum() == 0
+    assert decide(prob, 0.9, s).sum() == 1316
+
+
+def test_presence_rule_never_erases_a_weak_lesion():
+    prob = np.full((60, 60), 0.02, np.float32)
+    prob[20:30, 20:30] = 0.3  # weak: below the threshold everywhere
+    prob[25, 25] = 0.35
+    s = PostprocessSettings(threshold=0.5, presence_threshold=0.4)
+    mask = decide(prob, 0.7, s)
+    assert mask.sum() == 100 and mask[20:30, 20:30].all()
+    # no presence rule, or a score saying "no lesion": the plain answer stays empty
+    assert decide(prob, None, PostprocessSettings()).sum() == 0
+    assert decide(prob, 0.1, s).sum() == 0
+
+
+def test_presence_rule_keeps_the_strongest_component_through_filters():
+    prob = np.zeros((100, 100), np.float32)
+    prob[10:14, 10:14] = 0.95  # 16 px, the most lesion-like mass ...
+    prob[50:53, 50:53] = 0.6  # 9 px
+    s = PostprocessSettings(presence_threshold=0.5, min_area_frac=0.01)  # ... both under 100 px
+    mask = decide(prob, 0.9, s)
+    assert mask.sum() == 16 and mask[10:14, 10:14].all()
+
+
+def test_settings_validate_and_round_trip(tmp_path):
+    with pytest.raises(ValueError, match="threshold"):
+        PostprocessSettings(threshold=2.0)
+    with pytest.raises(ValueError, match="unknown post-processing key"):
+        PostprocessSettings.from_dict({"treshold": 0.5})
+    s = PostprocessSettings(threshold=0.4, tta=True, presence_threshold=0.25, min_area_frac=0.005)
+    save_settings(s, tmp_path / "p.json")
+    assert load_settings(tmp_path / "p.json") == s
+    (tmp_path / "bad.json").write_text(json.dumps({"threshold": "high"}))
+    with pytest.raises(ValueError, match="bad.json"):
+        load_settings(tmp_path / "bad.json")
