@@ -127,13 +127,16 @@ def run_dir_of(weights: Path | str) -> Path:
 
 
 def export_safetensors(checkpoint: Path | str, out: Path | str, name: str | None = None,
-                       extra: dict | None = None) -> Path:
+                       extra: dict | None = None, overwrite: bool = False) -> Path:
     """Write a checkpoint's weights as safetensors with its model config in the metadata, and
     copy the run's logs (curves, config, split, tuning) into `<out stem>_run/` beside it."""
     import shutil
 
     from safetensors.torch import save_file
 
+    from busseg.safety import claim
+
+    claim([out, run_dir_of(out)], overwrite)
     name = name or Path(out).stem
     loaded = load_model(checkpoint)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)

@@ -15,7 +15,7 @@ def _prepare(a: argparse.Namespace) -> int:
     from busseg.data.prepare import prepare
 
     report = prepare(a.raw, a.out, size=a.size, seed=a.seed, include_normal=a.include_normal,
-                     twin_threshold=a.twin_threshold)
+                     twin_threshold=a.twin_threshold, overwrite=a.overwrite)
     print(report.summary())
     print(f"wrote {a.out}/{{train,val,test}}, {a.out}/splits.json, {a.out}/manifest.csv")
     return 0
@@ -37,7 +37,7 @@ def _train_config(a: argparse.Namespace):
 def _train(a: argparse.Namespace) -> int:
     from busseg.train import train
 
-    summary = train(_train_config(a), resume=a.resume)
+    summary = train(_train_config(a), resume=a.resume, overwrite=a.overwrite)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -50,7 +50,8 @@ def _cv(a: argparse.Namespace) -> int:
             print(f"fold {s['fold']}: held-out Dice {s['best_val_dice']:.3f}, "
                   f"{s['train_time_s'] / 60:.1f} min ({s.get('precision', 'fp32')})")
     if a.fold is None or a.gather_only:
-        summary = gather_oof(a.out, a.data or "data", device=a.device or "cpu")
+        summary = gather_oof(a.out, a.data or "data", device=a.device or "cpu",
+                             overwrite=a.overwrite)
         print(f"OOF lesion Dice {summary['dice']:.3f} over {summary['n_images']} scans; "
               f"wrote {a.out}/oof/")
     return 0
@@ -60,7 +61,7 @@ def _evaluate(a: argparse.Namespace) -> int:
     from busseg.evaluate import evaluate, format_summary
 
     s = evaluate(a.checkpoint, a.data, a.out, threshold=a.threshold, tta=a.tta, device=a.device,
-                 filter_components=not a.no_filter, plain=a.plain)
+                 filter_components=not a.no_filter, plain=a.plain, overwrite=a.overwrite)
     print(format_summary(s))
     print(f"wrote {a.out}/metrics.json, {a.out}/per_image.csv, {a.out}/test_preds/")
     return 1 if s["errors"] else 0
@@ -75,17 +76,19 @@ def _predict(a: argparse.Namespace) -> int:
         return 2
     r = predict(inputs, a.out, checkpoint=a.checkpoint, threshold=a.threshold, tta=a.tta,
                 save_prob=a.save_prob, overlay=a.overlay, device=a.device,
-                batch_size=a.batch_size, backend=a.backend, onnx_path=a.onnx, frames=a.frames)
+                batch_size=a.batch_size, backend=a.backend, onnx_path=a.onnx, frames=a.frames,
+                overwrite=a.overwrite, include_masks=a.include_masks)
     for e in r.errors:
         print(f"error: {e}", file=sys.stderr)
-    print(f"segmented {len(r.rows)} image(s) into {a.out} ({len(r.errors)} failed)")
+    print(f"segmented {len(r.rows)} image(s) into {a.out} ({len(r.errors)} failed, "
+          f"{len(r.skipped)} skipped: see results.json)")
     return 1 if r.errors else 0
 
 
 def _tune(a: argparse.Namespace) -> int:
     from busseg.tune import tune_postprocess
 
-    r = tune_postprocess(a.checkpoint, val_dir=a.data, cv_dir=a.cv)
+    r = tune_postprocess(a.checkpoint, val_dir=a.data, cv_dir=a.cv, overwrite=a.overwrite)
     b, st = r["best"], r["best"]["settings"]
     gate = st["presence_threshold"]
     print(f"chosen on {r['source']} ({r['n_lesion']} lesion, {r['n_normal']} normal scans): "
@@ -105,7 +108,7 @@ def _fmt(v) -> str:
 def _report(a: argparse.Namespace) -> int:
     from busseg.report import build_report
 
-    print(f"wrote {build_report(a.run_dir, a.data, a.out)}")
+    print(f"wrote {build_report(a.run_dir, a.data, a.out, overwrite=a.overwrite)}")
     return 0
 
 
@@ -121,7 +124,7 @@ def _export(a: argparse.Namespace) -> int:
     if a.format == "onnx":
         from busseg.export import export_onnx
 
-        print(f"wrote {export_onnx(a.checkpoint, a.out or 'model.onnx')}")
+        print(f"wrote {export_onnx(a.checkpoint, a.out or 'model.onnx', overwrite=a.overwrite)}")
         return 0
     from busseg.checkpoint import export_safetensors, run_dir_of
 
@@ -129,7 +132,7 @@ def _export(a: argparse.Namespace) -> int:
         print("error: --format safetensors needs --checkpoint RUN/unet_final.pt", file=sys.stderr)
         return 2
     out = a.out or "model.safetensors"
-    export_safetensors(a.checkpoint, out)
+    export_safetensors(a.checkpoint, out, overwrite=a.overwrite)
     print(f"wrote {out} and its training logs in {run_dir_of(out)}/")
     return 0
 
@@ -148,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-normal", action="store_true", help="add normal images (empty masks)")
     s.add_argument("--twin-threshold", type=float, default=0.90,
                    help="thumbnail correlation at which two images count as near-duplicates")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_prepare)
 
     s = sub.add_parser("train", help="train a model (config file + overrides)")
@@ -164,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config key, e.g. --set model.width=24 (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_train)
 
     s = sub.add_parser("cv", help="k-fold cross-validation over train + val; out-of-fold results")
@@ -181,6 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gather-only", action="store_true",
                    help="only gather the finished folds' out-of-fold predictions")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_cv)
 
     s = sub.add_parser("evaluate", help="score a model on a folder of images and masks")
@@ -195,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--plain", action="store_true",
                    help="the plain output: threshold 0.5, no TTA, no presence rule or filter")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_evaluate)
 
     s = sub.add_parser("predict", help="segment new scans (PNG, JPEG, BMP, TIFF, DICOM)")
@@ -213,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx", help="an exported .onnx file for --backend onnx")
     s.add_argument("--frames", default="all",
                    help="DICOM frames: all, first, middle or indices like 0,5")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run (default: refuse)")
+    s.add_argument("--include-masks", action="store_true",
+                   help="also segment files named like masks (<stem>_mask.png)")
     s.set_defaults(func=_predict)
 
     s = sub.add_parser("tune", help="choose threshold, TTA, presence rule and component filter")
@@ -221,12 +236,16 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--cv", help="cross-validation folder: choose on its out-of-fold results")
     src.add_argument("--data", help="or a validation folder (never the test set)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_tune)
 
     s = sub.add_parser("report", help="self-contained HTML report of a run")
     s.add_argument("run_dir", nargs="?", help="run folder (default: the shipped model)")
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
     s.add_argument("--out", default="report.html")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_report)
 
     s = sub.add_parser("serve", help="web demo and HTTP inference service (FastAPI)")
@@ -243,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx (dynamic batch and size) or safetensors (weights + config + logs)")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
     s.add_argument("--out", help="output file (default: model.onnx / model.safetensors)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_export)
     return p
 
@@ -253,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, KeyError, RuntimeError) as exc:
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
         return 1

@@ -21,6 +21,7 @@ from busseg.data.dataset import TensorSplit, load_pairs
 from busseg.data.split import assign_groups
 from busseg.jsonio import write_json
 from busseg.postprocess import PostprocessSettings, plain_settings
+from busseg.safety import claim
 
 log = logging.getLogger("busseg.cv")
 POOL_SPLITS = ("train", "val")
@@ -114,7 +115,9 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
             resume = (fold_dir / "last.pt").is_file()
             log.info("fold %d/%d: %s", fold, k, "resuming" if resume else "training")
             t0 = time.time()
-            train(fold_cfg, resume=resume, splits=fold_splits(pool, folds, fold, cfg.size))
+            # an unfinished fold with no epoch saved holds only this command's own start files
+            train(fold_cfg, resume=resume, splits=fold_splits(pool, folds, fold, cfg.size),
+                  overwrite=not resume)
             log.info("fold %d finished in %.1f min (this session)", fold, (time.time() - t0) / 60)
         summaries.append({"fold": fold, **json.loads(
             (fold_dir / "train_summary.json").read_text())})
@@ -166,7 +169,7 @@ def load_oof(cv_dir: Path | str) -> dict:
 
 
 def gather_oof(cv_dir: Path | str, data: Path | str = "data", device: str = "cpu",
-               progress: bool = True) -> dict:
+               progress: bool = True, overwrite: bool = False) -> dict:
     """Predict every pool image with its fold's model; write `CV/oof/predictions.npz` and the
     plain output's per-image rows and `metrics.json` (same keys as evaluate) in `CV/oof/plain/`.
     Returns that summary, with each fold's training wall time."""
@@ -182,6 +185,7 @@ def gather_oof(cv_dir: Path | str, data: Path | str = "data", device: str = "cpu
     pool = [r for r in read_pool(data) if r["name"] in folds]
     if len(pool) != len(folds):
         raise ValueError(f"{data}: holds {len(pool)} of the {len(folds)} images in folds.json")
+    claim([cv_dir / "oof"], overwrite)
     first = load_model(cv_dir / "fold_0" / "unet_final.pt", device)
 
     def forward_of_fold(fold: int):

@@ -18,6 +18,7 @@ from busseg.inference import predict_maps, torch_forward
 from busseg.jsonio import write_json
 from busseg.metrics import METRICS, bootstrap_ci, image_metrics, nanmean
 from busseg.postprocess import PostprocessSettings, decide, plain_settings
+from busseg.safety import claim
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -73,6 +74,7 @@ def evaluate(
     | None = None,
     filter_components: bool = True,
     plain: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Score a model on `data/images` + `data/masks`; write metrics.json, per_image.csv, PNGs.
 
@@ -83,17 +85,19 @@ def evaluate(
     model's threshold and TTA); `plain=True` scores the plain output (threshold 0.5, no TTA,
     no rules). `threshold` and `tta` override either.
     """
+    out = Path(out)
+    pairs = list_pairs(data)  # a bad data folder fails before anything is written
     loaded = load_model(checkpoint, device)
+    claim([out / "metrics.json", out / "per_image.csv", out / "test_preds"], overwrite)
     settings = plain_settings() if plain else loaded.settings
     if not filter_components:
         settings = PostprocessSettings(threshold=settings.threshold, tta=settings.tta)
     settings = settings.replace(threshold=threshold, tta=tta)
     forward = torch_forward(loaded, device)
-    out = Path(out)
     pred_dir = out / "test_preds"
     pred_dir.mkdir(parents=True, exist_ok=True)
     rows, errors = [], []
-    for img_path, mask_path in tqdm(list_pairs(data), desc="evaluate", unit="img",
+    for img_path, mask_path in tqdm(pairs, desc="evaluate", unit="img",
                                     disable=not progress):
         try:
             gray, truth = load_pair(img_path, mask_path)

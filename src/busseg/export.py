@@ -11,6 +11,7 @@ from torch import nn
 
 from busseg.checkpoint import LoadedModel, load_model
 from busseg.models.unet import split_output
+from busseg.safety import claim
 
 
 class ProbabilityModel(nn.Module):
@@ -27,8 +28,10 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(seg), torch.sigmoid(presence)
 
 
-def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: int = 18) -> Path:
+def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: int = 18,
+                overwrite: bool = False) -> Path:
     """Export to ONNX; batch, height and width are dynamic (sizes padded inside the graph)."""
+    claim([out], overwrite)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     net = ProbabilityModel(loaded.net).eval().to("cpu", memory_format=torch.contiguous_format)
     out = Path(out)

@@ -6,6 +6,7 @@ import csv
 import glob
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from busseg.imageio import IMAGE_SUFFIXES, ImageReadError, Scan, is_dicom, read_
 from busseg.inference import onnx_forward, predict_maps, torch_forward
 from busseg.postprocess import decide
 from busseg.preprocess import to_gray01
+from busseg.safety import claim, existing, inside
 
 log = logging.getLogger("busseg.predict")
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -30,17 +32,53 @@ class PredictReport:
 
     rows: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files from a mix of files, folders (recursive) and glob patterns; (files, errors)."""
+def previous_outputs(out: Path) -> list[Path]:
+    """The files an earlier predict run wrote in `out` (from its results.json)."""
+    results = out / "results.json"
+    paths = [results, out / "results.csv", out / "model.onnx"]
+    if results.is_file():
+        try:
+            names = [r["name"] for r in json.loads(results.read_text()).get("images", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            names = []
+        paths += [out / f"{n}{suffix}" for n in names for suffix in OUTPUT_SUFFIXES]
+    return paths
+
+
+MASK_NAME = re.compile(r"_(mask|pred)(_\d+)?$")
+OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.png")
+
+
+def is_mask_name(path: Path) -> bool:
+    """Whether a file is named like a ground-truth or predicted mask (`<stem>_mask.png`)."""
+    return bool(MASK_NAME.search(path.stem))
+
+
+def expand_inputs(inputs: list[str], skipped: list[str] | None = None,
+                  include_masks: bool = False) -> tuple[list[Path], list[str]]:
+    """Files from a mix of files, folders (recursive) and glob patterns; (files, errors).
+
+    In folders, files that are neither images nor DICOM, and (unless `include_masks`) files
+    named like masks, are left out and listed in `skipped` with the reason."""
     files: list[Path] = []
     errors: list[str] = []
+    skipped = [] if skipped is None else skipped
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith(".")
-                           and (f.suffix.lower() in IMAGE_SUFFIXES or is_dicom(f)))
+            found = []
+            for f in sorted(p.rglob("*")):
+                if not f.is_file() or f.name.startswith("."):
+                    continue
+                if f.suffix.lower() not in IMAGE_SUFFIXES and not is_dicom(f):
+                    skipped.append(f"{f}: not an image or DICOM file")
+                elif is_mask_name(f) and not include_masks:
+                    skipped.append(f"{f}: named like a mask (--include-masks to segment it)")
+                else:
+                    found.append(f)
             if not found:
                 errors.append(f"{p}: folder holds no image files")
             files.extend(found)
@@ -113,8 +151,24 @@ def predict(
     onnx_path: Path | str | None = None,
     frames: str = "all",
     progress: bool = True,
+    overwrite: bool = False,
+    include_masks: bool = False,
 ) -> PredictReport:
-    """Segment every readable input; one bad file is reported and never stops the others."""
+    """Segment every readable input; one bad file is reported and never stops the others.
+
+    `out` never lies inside an input folder and an input is never written over; an `out`
+    holding an earlier run's results is refused unless `overwrite` (which removes that run's
+    outputs first)."""
+    skipped: list[str] = []
+    files, errors = expand_inputs(inputs, skipped, include_masks)
+    out = Path(out)
+    for item in inputs:
+        if Path(item).is_dir() and inside(out, item):
+            raise ValueError(f"{out}: output folder lies inside the input folder {item}; "
+                             "choose another --out")
+    if any(inside(f, out) for f in files):
+        raise ValueError(f"{out}: output folder holds input files; choose another --out")
+    claim(previous_outputs(out), overwrite)
     loaded = load_model(checkpoint, "cuda" if device == "cuda" else "cpu")
     settings = loaded.settings.replace(threshold=threshold, tta=tta)
     thr, tta = settings.threshold, settings.tta
@@ -130,10 +184,10 @@ def predict(
         forward = torch_forward(loaded, device)
     else:
         raise ValueError(f"unknown backend {backend!r} (torch, onnx)")
-    files, errors = expand_inputs(inputs)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    report = PredictReport(errors=list(errors))
+    report = PredictReport(errors=list(errors), skipped=skipped)
+    for s in skipped:
+        log.info("skipped %s", s)
     used: set[str] = set()
     for path in tqdm(files, desc="predict", unit="file", disable=not progress):
         try:
@@ -147,6 +201,11 @@ def predict(
         preds = predict_maps(forward, grays, loaded.size, tta, batch_size)
         for scan, gray, pred in zip(scans, grays, preds):
             name = _unique_name(scan, used)
+            clash = existing(out / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
+            if clash:
+                report.errors.append(f"{path}: {clash[0]} already exists and was not written by "
+                                     "this run; not replaced (choose another --out)")
+                continue
             prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
             Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
             if save_prob:
@@ -163,7 +222,8 @@ def predict(
 
 def _write_results(out: Path, report: PredictReport, threshold: float) -> None:
     (out / "results.json").write_text(json.dumps(
-        {"threshold": threshold, "images": report.rows, "errors": report.errors}, indent=1))
+        {"threshold": threshold, "images": report.rows, "errors": report.errors,
+         "skipped": report.skipped}, indent=1))
     fields = ["name", "file", "frame", "height", "width", "lesion_area_px", "lesion_fraction",
               "bbox_xyxy", "n_lesions", "mean_prob", "lesion_area_mm2", "lesion_score"]
     with open(out / "results.csv", "w", newline="") as fh:

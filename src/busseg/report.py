@@ -39,7 +39,7 @@ def model_summary(loaded: LoadedModel) -> dict:
         net(torch.rand(1, 1, loaded.size, loaded.size))
     cfg = loaded.meta.get("model", {})
     width, depth = int(cfg.get("width", 16)), int(cfg.get("depth", 4))
-    stem = int(cfg.get("stem_stride", 1))
+    stem = int(cfg.get("stem_stride", 2))
     stages = [(f"encoder {k}" if k < depth else "bottleneck",
                loaded.size // (stem * 2**k), width * 2**k) for k in range(depth + 1)]
     return {"params": count_parameters(net), "gflops": counter.get_total_flops() / 1e9,
@@ -95,8 +95,11 @@ def collect_results(run_dir: Path | str | None, data: Path | str,
 
 
 def build_report(run_dir: Path | str | None, data: Path | str, out: Path | str,
-                 progress: bool = True) -> Path:
+                 progress: bool = True, overwrite: bool = False) -> Path:
     """Evaluate the run's model on `data` and write the self-contained HTML report to `out`."""
+    from busseg.safety import claim
+
+    claim([out], overwrite)
     r = collect_results(run_dir, data, progress)
     figs = {
         "curves": to_data_uri(curves_figure(r.history)),

@@ -7,6 +7,7 @@ import csv
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from busseg.losses import bce_dice_loss, deep_supervision_loss, presence_loss
 from busseg.metrics import batch_dice
 from busseg.models.unet import split_output
 from busseg.precision import autocast, choose_precision
+from busseg.safety import claim
 
 log = logging.getLogger("busseg.train")
 LOG_KEYS = ("loss", "acc", "dice")
@@ -152,15 +154,23 @@ def _save_logs(out: Path, history: list[dict]) -> None:
         writer.writerows(history)
 
 
+RUN_OUTPUTS = ("unet_final.pt", "last.pt", "history.csv", "train_summary.json", "config.yaml",
+               "splits.json", "split_used.json", "precision.json", "postprocess.json",
+               "tune.json") + tuple(f"{p}_{k}.npy" for p in ("train", "val") for k in LOG_KEYS)
+
+
 def train(cfg: TrainConfig, resume: bool = False,
-          splits: tuple[TensorSplit, TensorSplit] | None = None) -> dict:
+          splits: tuple[TensorSplit, TensorSplit] | None = None, overwrite: bool = False) -> dict:
     """Train a model as `cfg` says; return a summary (best val Dice, epoch, paths, time).
 
     `splits` gives the (train, val) images directly (cross-validation folds); otherwise they are
     read from `cfg.data`/train and `cfg.data`/val. Under torchrun (WORLD_SIZE > 1) each rank
     trains on its share of every global batch of `batch_size * world` images with
-    DistributedDataParallel; rank 0 alone logs and saves.
+    DistributedDataParallel; rank 0 alone logs and saves. A folder holding an earlier run is
+    refused unless `resume` (continue it) or `overwrite` (remove its files first).
     """
+    if not resume and int(os.environ.get("RANK", "0")) == 0:
+        claim([Path(cfg.out) / f for f in RUN_OUTPUTS], overwrite, "--resume or --overwrite")
     info, device = dist_setup(resolve_device(cfg.device))
     try:
         return _train(cfg, resume, info, device, splits)

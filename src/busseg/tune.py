@@ -23,6 +23,7 @@ from tqdm import tqdm
 from busseg.jsonio import write_json
 from busseg.metrics import image_metrics
 from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, decide, save_settings
+from busseg.safety import claim
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
 MIN_AREAS = (0.0, 0.0025, 0.005, 0.01)
@@ -108,13 +109,16 @@ def preds_from_folder(checkpoint: Path | str, data: Path | str) -> tuple[dict, l
 
 def tune_postprocess(checkpoint: Path | str, val_dir: Path | str | None = None,
                      cv_dir: Path | str | None = None, write: bool = True,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, overwrite: bool = False) -> dict:
     """Choose the settings on `cv_dir`'s OOF predictions (or the checkpoint's on `val_dir`);
     write `postprocess.json` and `tune.json` beside the checkpoint."""
     if (val_dir is None) == (cv_dir is None):
         raise ValueError("tune needs exactly one of --cv DIR or --data DIR")
     if not Path(checkpoint).is_file():
         raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+    folder = Path(checkpoint).parent
+    if write:
+        claim([folder / SETTINGS_FILE, folder / "tune.json"], overwrite)
     if cv_dir is not None:
         preds, truths = preds_from_oof(cv_dir)
     else:
@@ -122,7 +126,6 @@ def tune_postprocess(checkpoint: Path | str, val_dir: Path | str | None = None,
     report = choose(preds, truths, progress=progress)
     report["source"] = f"out-of-fold predictions of {cv_dir}" if cv_dir else str(val_dir)
     if write:
-        folder = Path(checkpoint).parent
         save_settings(PostprocessSettings(**report["best"]["settings"]), folder / SETTINGS_FILE)
         write_json(folder / "tune.json", report)
     return report

@@ -19,6 +19,7 @@ from busseg.data.split import SPLITS, split_groups
 from busseg.data.twins import DEFAULT_THRESHOLD, group_ids, thumbnail, twin_pairs
 from busseg.imageio import ImageReadError
 from busseg.preprocess import resize_image, resize_mask, to_gray01
+from busseg.safety import claim
 
 log = logging.getLogger("busseg.prepare")
 
@@ -54,6 +55,12 @@ class PrepareReport:
         return sorted({c for row in self.counts.values() for c in row})
 
 
+def prepared_outputs(out: Path | str) -> list[Path]:
+    """What prepare writes in `out`."""
+    out = Path(out)
+    return [out / s for s in SPLITS] + [out / "splits.json", out / "manifest.csv"]
+
+
 def prepare(
     raw: Path | str,
     out: Path | str,
@@ -62,12 +69,15 @@ def prepare(
     include_normal: bool = False,
     twin_threshold: float = DEFAULT_THRESHOLD,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    overwrite: bool = False,
 ) -> PrepareReport:
     """Read the raw BUSI tree, group near-duplicates, split by group, write images and masks.
 
     `size` is the side of the square output; 0 keeps every image at its original resolution
     (for scoring at original size with `busseg evaluate`); the split does not depend on it.
+    An earlier split in `out` is refused unless `overwrite` (which removes it first).
     """
+    claim(prepared_outputs(out), overwrite)
     # Twins and splits are computed over every class present, so the benign/malignant split is the
     # same with or without --include-normal (normal scans can chain lesion images into one group).
     classes = ("benign", "malignant") + (("normal",) if (Path(raw) / "normal").is_dir() else ())

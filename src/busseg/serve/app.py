@@ -90,7 +90,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "model": loaded.name, "version": __version__}
+        return {"status": "ok", "model": loaded.name, "version": __version__,
+                "threshold": loaded.settings.threshold, "postprocess": loaded.settings.to_dict()}
 
     def run_model(data: bytes, name: str, threshold: float | None, output: Output):
         try:
