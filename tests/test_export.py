@@ -59,3 +59,69 @@ def test_safetensors_export_loads_identically(tiny_run, tmp_path):
     assert (a.size, a.threshold) == (b.size, b.threshold) and b.name == "m"
     assert (run_dir_of(out) / "val_dice.npy").is_file()
     assert (run_dir_of(out) / "config.yaml").is_file()
+
+
+@pytest.fixture(scope="module")
+def presence_model(prepared, tmp_path_factory):
+    """A tiny model with a presence head and tuned settings beside it."""
+    from busseg.config import resolve_config
+    from busseg.postprocess import PostprocessSettings, save_settings
+    from busseg.train import train
+
+    out = tmp_path_factory.mktemp("presence")
+    train(resolve_config(None, [
+        f"data={prepared}", f"out={out}", "size=64", "epochs=1", "batch_size=4",
+        "model.width=4", "model.depth=2", "model.presence_head=true", "progress=false",
+        "amp=fp32"]))
+    settings = PostprocessSettings(threshold=0.35, tta=True, presence_threshold=0.2,
+                                   min_area_frac=0.001)
+    save_settings(settings, out / "postprocess.json")
+    return out / "unet_final.pt", settings
+
+
+def test_onnx_carries_its_settings_and_lesion_score(presence_model, tmp_path):
+    from busseg.export import read_onnx_metadata
+    from busseg.inference import onnx_forward, torch_forward
+
+    ckpt, settings = presence_model
+    path = export_onnx(ckpt, tmp_path / "m.onnx")
+    meta = read_onnx_metadata(path)
+    assert meta["postprocess"] == settings.to_dict() and meta["size"] == 64
+    assert meta["busseg_version"] and "export" in meta
+    x = torch.rand(2, 1, 64, 64)
+    (p_t, s_t), (p_o, s_o) = torch_forward(load_model(ckpt))(x), onnx_forward(path)(x)
+    assert s_o.shape == (2,) and torch.allclose(s_t, s_o, atol=1e-4)
+    assert torch.allclose(p_t, p_o, atol=1e-4)
+    with pytest.raises(FileExistsError):
+        export_onnx(ckpt, path)
+
+
+def test_predict_onnx_uses_the_files_settings(presence_model, tmp_path):
+    from synth import scan, write_png
+
+    ckpt, settings = presence_model
+    img = write_png(tmp_path / "in" / "a.png", scan(3, h=70, w=90)[0])
+    path = export_onnx(ckpt, tmp_path / "m.onnx")
+    # the shipped model's settings must not leak into a file that carries its own
+    r = predict([str(img)], tmp_path / "o", checkpoint=None, backend="onnx", onnx_path=path,
+                progress=False)
+    assert r.errors == []
+    doc = (tmp_path / "o" / "results.json").read_text()
+    assert f'"threshold": {settings.threshold}' in doc
+
+
+def test_onnx_without_settings_is_refused_unless_threshold(exported, tmp_path):
+    import onnx
+
+    bare = tmp_path / "bare.onnx"
+    model = onnx.load(str(exported[2]))
+    del model.metadata_props[:]
+    onnx.save(model, str(bare))
+    from synth import scan, write_png
+
+    img = write_png(tmp_path / "in" / "a.png", scan(4)[0])
+    with pytest.raises(ValueError, match="carries no busseg settings"):
+        predict([str(img)], tmp_path / "o", backend="onnx", onnx_path=bare, progress=False)
+    r = predict([str(img)], tmp_path / "o2", backend="onnx", onnx_path=bare, threshold=0.5,
+                progress=False)
+    assert r.errors == [] and len(r.rows) == 1

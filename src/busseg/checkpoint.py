@@ -101,7 +101,7 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
         meta = {"model": cfg.get("model", {}), "size": cfg.get("size", 256),
                 "threshold": ckpt.get("threshold", cfg.get("threshold", 0.5)),
                 "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
-                **ckpt.get("postprocess", {})}
+                "provenance": ckpt.get("provenance"), **ckpt.get("postprocess", {})}
     net = build_from_config(meta.get("model", {}))
     try:
         net.load_state_dict(state)
@@ -143,7 +143,8 @@ def export_safetensors(checkpoint: Path | str, out: Path | str, name: str | None
     cfg = ckpt["config"]
     meta = {"name": name, "model": cfg["model"], "size": cfg["size"],
             "threshold": loaded.settings.threshold, "postprocess": loaded.settings.to_dict(),
-            "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}), **(extra or {})}
+            "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
+            "provenance": ckpt.get("provenance"), **(extra or {})}
     state = {k: v.contiguous() for k, v in ckpt["model_state"].items()}
     save_file(state, str(out), metadata={"busseg": json.dumps(meta)})
     logs = run_dir_of(out)

@@ -11,6 +11,7 @@ from torch import nn
 
 from busseg.checkpoint import LoadedModel, load_model
 from busseg.models.unet import split_output
+from busseg.provenance import provenance
 from busseg.safety import claim
 
 
@@ -48,4 +49,41 @@ def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: 
             dynamic_axes={k: v for k, v in axes.items() if k in ["image", *names]},
             opset_version=opset, dynamo=False, verbose=False,
         )
+    import json
+
+    import onnx
+
+    graph = onnx.load(str(out))
+    entry = graph.metadata_props.add()
+    entry.key, entry.value = "busseg", json.dumps(onnx_metadata(loaded))
+    onnx.save(graph, str(out))
     return out
+
+
+def onnx_metadata(loaded: LoadedModel) -> dict:
+    """What an exported file carries: settings, input size, model, versions."""
+    from busseg import __version__
+
+    return {"postprocess": loaded.settings.to_dict(), "size": loaded.size,
+            "model": loaded.meta.get("model", {}), "name": loaded.name,
+            "busseg_version": __version__, "training": loaded.meta.get("provenance"),
+            "export": provenance()}
+
+
+def read_onnx_metadata(path: Path | str) -> dict | None:
+    """The busseg metadata of an exported ONNX file (None when it has none)."""
+    import json
+
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable ONNX file ({exc})") from None
+    props = {p.key: p.value for p in model.metadata_props}
+    if "busseg" not in props:
+        return None
+    try:
+        return json.loads(props["busseg"])
+    except ValueError:
+        raise ValueError(f"{path}: its busseg metadata is not valid JSON") from None

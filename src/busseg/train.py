@@ -35,6 +35,7 @@ from busseg.losses import bce_dice_loss, deep_supervision_loss, presence_loss
 from busseg.metrics import batch_dice
 from busseg.models.unet import split_output
 from busseg.precision import autocast, choose_precision
+from busseg.provenance import provenance
 from busseg.safety import claim
 
 log = logging.getLogger("busseg.train")
@@ -201,6 +202,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
             shutil.copy(data / "splits.json", out / "splits.json")
         (out / "split_used.json").write_text(json.dumps(
             {"train": train_set.names, "val": val_set.names}, indent=1))
+    prov = provenance(config_to_dict(cfg), {"train": train_set.names, "val": val_set.names})
     if device.type == "cuda":  # data and augmentation live on the GPU
         train_set = TensorSplit(train_set.images.to(device), train_set.masks.to(device),
                                 train_set.names, train_set.labels)
@@ -316,6 +318,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
                     "model_state": plain_state(eval_model), "config": config_to_dict(cfg),
                     "epoch": epoch + 1, "metrics": {f"val_{k}": v for k, v in val.items()},
                     "threshold": cfg.threshold, "ema": eval_model is ema,
+                    "provenance": prov,
                 })
             log.info(f"epoch {epoch + 1:>3}  train loss {row['train_loss']:.4f} dice "
                      f"{row['train_dice']:.4f}  val loss {val['loss']:.4f} dice {val['dice']:.4f}"
