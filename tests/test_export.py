@@ -125,3 +125,37 @@ def test_onnx_without_settings_is_refused_unless_threshold(exported, tmp_path):
     r = predict([str(img)], tmp_path / "o2", backend="onnx", onnx_path=bare, threshold=0.5,
                 progress=False)
     assert r.errors == [] and len(r.rows) == 1
+
+
+def test_int8_export_runs_and_stays_close(presence_model, prepared, tmp_path):
+    from busseg.export import read_onnx_metadata
+    from busseg.inference import onnx_forward
+
+    ckpt, settings = presence_model
+    fp32 = export_onnx(ckpt, tmp_path / "fp32.onnx")
+    int8 = export_onnx(ckpt, tmp_path / "int8.onnx", int8_calibration=prepared / "train" / "images")
+    assert read_onnx_metadata(int8)["postprocess"] == settings.to_dict()
+    import onnx
+
+    graph = onnx.load(str(int8)).graph
+    ops = {n.op_type for n in graph.node}
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    n_conv = sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node)
+    assert len(int8_weights) >= n_conv - 1  # every convolution's weights stored as int8
+    x = torch.rand(2, 1, 64, 64)
+    p32, s32 = onnx_forward(fp32)(x)
+    p8, s8 = onnx_forward(int8)(x)
+    assert p8.shape == p32.shape and s8.shape == (2,)
+    assert (p8 - p32).abs().mean() < 0.05
+
+
+def test_evaluate_with_onnx_backend_matches_torch(presence_model, prepared, tmp_path):
+    from busseg.evaluate import evaluate
+
+    ckpt, _ = presence_model
+    path = export_onnx(ckpt, tmp_path / "m.onnx")
+    t = evaluate(ckpt, prepared / "test", tmp_path / "t", progress=False)
+    o = evaluate(None, prepared / "test", tmp_path / "o", progress=False, backend="onnx",
+                 onnx_path=path)
+    assert abs(t["dice"] - o["dice"]) < 0.01 and o["backend"] == "onnx"

@@ -61,7 +61,8 @@ def _evaluate(a: argparse.Namespace) -> int:
     from busseg.evaluate import evaluate, format_summary
 
     s = evaluate(a.checkpoint, a.data, a.out, threshold=a.threshold, tta=a.tta, device=a.device,
-                 filter_components=not a.no_filter, plain=a.plain, overwrite=a.overwrite)
+                 filter_components=not a.no_filter, plain=a.plain, overwrite=a.overwrite,
+                 backend=a.backend, onnx_path=a.onnx)
     print(format_summary(s))
     print(f"wrote {a.out}/metrics.json, {a.out}/per_image.csv, {a.out}/test_preds/")
     return 1 if s["errors"] else 0
@@ -124,7 +125,10 @@ def _export(a: argparse.Namespace) -> int:
     if a.format == "onnx":
         from busseg.export import export_onnx
 
-        print(f"wrote {export_onnx(a.checkpoint, a.out or 'model.onnx', overwrite=a.overwrite)}")
+        calib = (a.calibration or "data/train/images") if a.int8 else None
+        path = export_onnx(a.checkpoint, a.out or "model.onnx", overwrite=a.overwrite,
+                           int8_calibration=calib)
+        print(f"wrote {path}" + (f" (int8, calibrated on {calib})" if calib else ""))
         return 0
     from busseg.checkpoint import export_safetensors, run_dir_of
 
@@ -203,6 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no presence rule or component filter (keeps threshold and TTA)")
     s.add_argument("--plain", action="store_true",
                    help="the plain output: threshold 0.5, no TTA, no presence rule or filter")
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch, or onnx with --onnx FILE (default: torch)")
+    s.add_argument("--onnx", help="an exported .onnx file (its own settings are used)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run (default: refuse)")
@@ -262,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnx (dynamic batch and size) or safetensors (weights + config + logs)")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
     s.add_argument("--out", help="output file (default: model.onnx / model.safetensors)")
+    s.add_argument("--int8", action="store_true",
+                   help="ONNX only: static int8 quantization calibrated on training scans")
+    s.add_argument("--calibration", help="folder of scans for --int8 "
+                   "(default: data/train/images)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_export)

@@ -11,10 +11,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from busseg.checkpoint import load_model
 from busseg.data.dataset import class_of, list_pairs, load_pair
 from busseg.imageio import ImageReadError
-from busseg.inference import predict_maps, torch_forward
+from busseg.inference import make_forward, predict_maps
 from busseg.jsonio import write_json
 from busseg.metrics import METRICS, bootstrap_ci, image_metrics, nanmean
 from busseg.postprocess import PostprocessSettings, decide, plain_settings
@@ -75,6 +74,8 @@ def evaluate(
     filter_components: bool = True,
     plain: bool = False,
     overwrite: bool = False,
+    backend: str = "torch",
+    onnx_path: Path | str | None = None,
 ) -> dict:
     """Score a model on `data/images` + `data/masks`; write metrics.json, per_image.csv, PNGs.
 
@@ -87,13 +88,17 @@ def evaluate(
     """
     out = Path(out)
     pairs = list_pairs(data)  # a bad data folder fails before anything is written
-    loaded = load_model(checkpoint, device)
+    forward, size, settings = make_forward(checkpoint, backend, onnx_path, device)
+    if settings is None:
+        if threshold is None and not plain:
+            raise ValueError(f"{onnx_path}: the file carries no busseg settings; pass "
+                             "--threshold or --plain")
+        settings = plain_settings()
     claim([out / "metrics.json", out / "per_image.csv", out / "test_preds"], overwrite)
-    settings = plain_settings() if plain else loaded.settings
+    settings = plain_settings() if plain else settings
     if not filter_components:
         settings = PostprocessSettings(threshold=settings.threshold, tta=settings.tta)
     settings = settings.replace(threshold=threshold, tta=tta)
-    forward = torch_forward(loaded, device)
     pred_dir = out / "test_preds"
     pred_dir.mkdir(parents=True, exist_ok=True)
     rows, errors = [], []
@@ -104,7 +109,7 @@ def evaluate(
         except ImageReadError as exc:
             errors.append(str(exc))
             continue
-        p = predict_maps(forward, [gray], loaded.size, settings.tta, batch_size)[0]
+        p = predict_maps(forward, [gray], size, settings.tta, batch_size)[0]
         pred = decide(p.prob, p.score, settings)
         Image.fromarray(pred.astype(np.uint8) * 255).save(pred_dir / f"{img_path.stem}_pred.png")
         rows.append(score_image(img_path.stem, truth, pred, p.score))
@@ -114,8 +119,9 @@ def evaluate(
         raise ValueError(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)
     summary.update({**settings.to_dict(), "postprocess": settings.to_dict(),
-                    "checkpoint": str(checkpoint or "shipped"),
-                    "model": loaded.name, "data": str(data), "errors": errors})
+                    "checkpoint": str(onnx_path if backend == "onnx" and onnx_path
+                                      else checkpoint or "shipped"),
+                    "backend": backend, "data": str(data), "errors": errors})
     write_json(out / "metrics.json", summary)
     write_rows(out / "per_image.csv", rows)
     return summary

@@ -30,10 +30,21 @@ class ProbabilityModel(nn.Module):
 
 
 def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: int = 18,
-                overwrite: bool = False) -> Path:
-    """Export to ONNX; batch, height and width are dynamic (sizes padded inside the graph)."""
+                overwrite: bool = False, int8_calibration: Path | str | None = None) -> Path:
+    """Export to ONNX; batch, height and width are dynamic (sizes padded inside the graph).
+
+    With `int8_calibration` (a folder of training scans) the file is statically quantized to
+    int8, calibrated on those scans."""
     claim([out], overwrite)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
+    if int8_calibration is not None:
+        import tempfile
+
+        batches = calibration_batches(int8_calibration, loaded.size)
+        with tempfile.TemporaryDirectory() as tmp:
+            fp32 = export_onnx(loaded, Path(tmp) / "fp32.onnx", opset)
+            return quantize_int8(fp32, out, batches)
     net = ProbabilityModel(loaded.net).eval().to("cpu", memory_format=torch.contiguous_format)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -87,3 +98,52 @@ def read_onnx_metadata(path: Path | str) -> dict | None:
         return json.loads(props["busseg"])
     except ValueError:
         raise ValueError(f"{path}: its busseg metadata is not valid JSON") from None
+
+
+def calibration_batches(image_dir: Path | str, size: int, n: int = 64) -> list:
+    """Up to `n` scans of a folder, preprocessed as at inference (1 x 1 x S x S float32)."""
+    from busseg.imageio import IMAGE_SUFFIXES, read_pil
+    from busseg.preprocess import prepare_input
+
+    files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"{image_dir}: no images to calibrate the int8 model on")
+    step = max(1, len(files) // n)
+    return [prepare_input(read_pil(f), size).numpy() for f in files[::step][:n]]
+
+
+def quantize_int8(fp32_path: Path | str, out: Path | str, batches: list) -> Path:
+    """Static int8 quantization (QDQ, per-channel weights, calibrated on `batches`) of an
+    exported fp32 model; the busseg metadata is kept."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter([{"image": b} for b in batches])
+
+        def get_next(self):
+            return next(self.items, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # ORT suggests a shape pre-pass that dynamic sizes defeat
+    try:
+        quantize_static(str(fp32_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "ConvTranspose"])
+    finally:
+        root.setLevel(level)
+    src, dst = onnx.load(str(fp32_path)), onnx.load(str(out))
+    del dst.metadata_props[:]
+    for p in src.metadata_props:
+        entry = dst.metadata_props.add()
+        entry.key, entry.value = p.key, p.value
+    onnx.save(dst, str(out))
+    return Path(out)

@@ -60,6 +60,35 @@ def onnx_forward(onnx_path: Path | str, threads: int = 0) -> Forward:
     return run
 
 
+def make_forward(checkpoint: Path | str | None, backend: str = "torch",
+                 onnx_path: Path | str | None = None, device: str = "cpu",
+                 export_dir: Path | None = None):
+    """(forward, input size, settings) for a backend. An ONNX file carries its own settings
+    (None for a file without them: the caller decides); `--backend onnx` without a file exports
+    the checkpoint to `export_dir`/model.onnx first."""
+    if backend not in ("torch", "onnx"):
+        raise ValueError(f"unknown backend {backend!r} (torch, onnx)")
+    if backend == "onnx" and onnx_path is not None:
+        from busseg.export import read_onnx_metadata
+        from busseg.postprocess import PostprocessSettings
+
+        meta = read_onnx_metadata(onnx_path)
+        if meta is None:
+            return onnx_forward(onnx_path), 256, None
+        return (onnx_forward(onnx_path), int(meta["size"]),
+                PostprocessSettings.from_dict(meta["postprocess"]))
+    loaded = load_model(checkpoint, "cuda" if device == "cuda" else "cpu")
+    if backend == "torch":
+        return torch_forward(loaded, device), loaded.size, loaded.settings
+    from busseg.export import export_onnx
+
+    if export_dir is None:
+        raise ValueError("--backend onnx needs --onnx FILE")
+    export_dir.mkdir(parents=True, exist_ok=True)
+    path = export_onnx(loaded, export_dir / "model.onnx")
+    return onnx_forward(path), loaded.size, loaded.settings
+
+
 def predict_maps(
     forward: Forward,
     images: Sequence[np.ndarray],

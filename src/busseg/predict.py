@@ -15,9 +15,8 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from busseg.checkpoint import load_model
 from busseg.imageio import IMAGE_SUFFIXES, ImageReadError, Scan, is_dicom, read_scans
-from busseg.inference import onnx_forward, predict_maps, torch_forward
+from busseg.inference import make_forward, predict_maps
 from busseg.postprocess import PostprocessSettings, decide
 from busseg.preprocess import to_gray01
 from busseg.safety import claim, existing, inside
@@ -137,30 +136,6 @@ def _unique_name(scan: Scan, used: set[str]) -> str:
     return name
 
 
-def _model(checkpoint, backend: str, onnx_path, out: Path, device: str):
-    """(forward, input size, settings) for the chosen backend. An ONNX file carries its own
-    settings; one without them gets the plain settings (the caller must give a threshold)."""
-    if backend not in ("torch", "onnx"):
-        raise ValueError(f"unknown backend {backend!r} (torch, onnx)")
-    if backend == "onnx" and onnx_path is not None:
-        from busseg.export import read_onnx_metadata
-
-        meta = read_onnx_metadata(onnx_path)
-        if meta is None:
-            return onnx_forward(onnx_path), 256, None
-        return (onnx_forward(onnx_path), int(meta["size"]),
-                PostprocessSettings.from_dict(meta["postprocess"]))
-    loaded = load_model(checkpoint, "cuda" if device == "cuda" else "cpu")
-    if backend == "torch":
-        return torch_forward(loaded, device), loaded.size, loaded.settings
-    from busseg.export import export_onnx
-
-    onnx_path = out / "model.onnx"
-    out.mkdir(parents=True, exist_ok=True)
-    export_onnx(loaded, onnx_path)
-    return onnx_forward(onnx_path), loaded.size, loaded.settings
-
-
 def predict(
     inputs: list[str],
     out: Path | str,
@@ -193,7 +168,7 @@ def predict(
     if any(inside(f, out) for f in files):
         raise ValueError(f"{out}: output folder holds input files; choose another --out")
     claim(previous_outputs(out), overwrite)
-    forward, size, settings = _model(checkpoint, backend, onnx_path, out, device)
+    forward, size, settings = make_forward(checkpoint, backend, onnx_path, device, out)
     if settings is None:
         if threshold is None:
             raise ValueError(f"{onnx_path}: the file carries no busseg settings (exported by "
