@@ -20,10 +20,12 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from busseg.config import AugmentConfig, ModelConfig
+from busseg.config import AugmentConfig, resolve_config
 from busseg.data.augment import augment_batch
 from busseg.losses import bce_dice_loss
 from busseg.models import count_parameters, create_model
+from busseg.models.unet import split_output
+from busseg.precision import choose_precision
 
 SIZE, EPOCH_IMAGES = 256, 470
 
@@ -42,10 +44,31 @@ def timed(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:
     return statistics.median(times)
 
 
-def matmul_peak(device: torch.device, sync, n: int = 2048, repeats: int = 5) -> float:
-    """Measured fp32 matmul GFLOP/s (the roof the convolutions are compared to)."""
-    a, b = torch.rand(n, n, device=device), torch.rand(n, n, device=device)
-    return 2 * n**3 / timed(lambda: a @ b, repeats, 2, sync) / 1e9
+def matmul_roof(device: torch.device, sync, dtype: torch.dtype,
+                sizes=(512, 1024, 2048, 3072), repeats: int = 5) -> dict:
+    """Best measured matmul GFLOP/s over several sizes in `dtype` (the roof of that precision)."""
+    best, best_n = 0.0, 0
+    for n in sizes:
+        a = torch.rand(n, n, device=device).to(dtype)
+        b = torch.rand(n, n, device=device).to(dtype)
+        gflops = 2 * n**3 / timed(lambda a=a, b=b: a @ b, repeats, 2, sync) / 1e9
+        if gflops > best:
+            best, best_n = gflops, n
+    return {"gflops": best, "n": best_n}
+
+
+def host_facts() -> dict:
+    """CPU model, capability, bf16 flags and threads (what the figures depend on)."""
+    from busseg.precision import BF16_FLAGS, cpu_flags
+
+    model = next((line.split(":", 1)[1].strip() for line in
+                  Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor() or platform.machine()
+                 ) if Path("/proc/cpuinfo").is_file() else platform.machine()
+    flags = cpu_flags()
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "bf16_flags": sorted(f for f in BF16_FLAGS if f in flags),
+            "avx512": "avx512f" in flags, "threads": torch.get_num_threads()}
 
 
 def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
@@ -56,7 +79,7 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def train_speed(model, device, batch: int, repeats: int, amp: bool, sync) -> float:
+def train_speed(model, device, batch: int, repeats: int, dtype, sync) -> float:
     """Training images/s: augment + forward + backward + Adam step on a batch."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -70,8 +93,8 @@ def train_speed(model, device, batch: int, repeats: int, amp: bool, sync) -> flo
         x, y = images[idx].float() / 255, masks[idx].float()
         x, y = augment_batch(x, y, idx % 3 == 0, cfg, gen)
         x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            out = model(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None):
+            out, _ = split_output(model(x))
         loss = bce_dice_loss(out.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -80,28 +103,34 @@ def train_speed(model, device, batch: int, repeats: int, amp: bool, sync) -> flo
     return batch / timed(step, repeats, 2, sync)
 
 
-def infer_eager(model, device, batch: int, repeats: int, amp: bool, sync) -> float:
+def infer_eager(model, device, batch: int, repeats: int, dtype, sync) -> float:
+    """Seconds per eager forward pass of a batch."""
     model.eval()
     x = torch.rand(batch, 1, SIZE, SIZE, device=device).contiguous(
         memory_format=torch.channels_last)
 
     def run():
-        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16, enabled=amp):
+        with torch.inference_mode(), torch.autocast(device.type, torch.bfloat16,
+                                                    enabled=dtype is not None):
             model(x)
 
     return timed(run, repeats, 3, sync)
 
 
-def infer_onnx(model, batch: int, repeats: int) -> float:
+def infer_onnx(model, batch: int, repeats: int, int8_calibration: Path | None = None) -> float:
+    """Seconds per ONNX Runtime forward pass (fp32, or int8 calibrated on training scans)."""
     import onnxruntime as ort
 
     from busseg.checkpoint import LoadedModel
     from busseg.export import export_onnx
+    from busseg.postprocess import PostprocessSettings
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.onnx"
         net = model.cpu().eval()
-        export_onnx(LoadedModel(net, SIZE, 0.5, "bench", {}), path)
+        loaded = LoadedModel(net, SIZE, "bench", {"model": {"presence_head": True}},
+                             PostprocessSettings())
+        export_onnx(loaded, path, int8_calibration=int8_calibration)
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         x = torch.rand(batch, 1, SIZE, SIZE).numpy()
         return timed(lambda: sess.run(None, {"image": x}), repeats, 3)
@@ -109,6 +138,30 @@ def infer_onnx(model, batch: int, repeats: int) -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(name: str, make, dtype, device, args, sync, roofs: dict) -> dict:
+    """Every figure of one model in one precision."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    model = make().to(device).to(memory_format=torch.channels_last)
+    fwd = forward_flops(model, device)
+    reps = args.classic_repeats if name == "classic" else args.repeats
+    img_s = train_speed(model, device, args.batch, reps, dtype, sync)
+    precision = "bf16" if dtype is not None else "fp32"
+    row = {"model": name, "precision": precision, "params": count_parameters(model),
+           "gflop_fwd": fwd / 1e9, "train_img_s": img_s,
+           "train_gflops": 3 * fwd * img_s / 1e9,
+           "infer_ms_b1": infer_eager(model, device, 1, args.repeats, dtype, sync) * 1e3,
+           "infer_img_s_b16": 16 / infer_eager(model, device, 16, max(2, args.repeats // 2),
+                                               dtype, sync),
+           "peak_mem_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb()}
+    row["infer_gflops_b16"] = fwd * row["infer_img_s_b16"] / 1e9
+    roof = roofs[precision]["gflops"]
+    row["train_roof_fraction"] = row["train_gflops"] / roof
+    row["infer_roof_fraction"] = row["infer_gflops_b16"] / roof
+    return row
 
 
 def main() -> None:
@@ -119,79 +172,69 @@ def main() -> None:
     ap.add_argument("--classic-repeats", type=int, default=2,
                     help="training repeats of the slow classic model")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--calibration", default="data/train/images",
+                    help="scans for the int8 ONNX model (skipped when missing)")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    amp = cuda  # bf16 autocast on GPU; on this CPU bf16 is 13-150x slower
-    mc = ModelConfig()
-    models = {
-        "default": lambda: create_model(mc.name, width=mc.width, depth=mc.depth,
-                                        stem_stride=mc.stem_stride),
-        "classic": lambda: create_model("unet_classic"),
-    }
-    res: dict = {"device": torch.cuda.get_device_name() if cuda else platform.processor()
-                 or platform.machine(), "threads": torch.get_num_threads(),
-                 "torch": torch.__version__}
-    res["peak_gflops"] = matmul_peak(device, sync)
-    for name, make in models.items():
-        if cuda:
-            torch.cuda.reset_peak_memory_stats()
-        model = make().to(device).to(memory_format=torch.channels_last)
-        fwd = forward_flops(model, device)
-        reps = args.repeats if name == "default" else args.classic_repeats
-        rss0 = peak_rss_mb()
-        img_s = train_speed(model, device, args.batch, reps, amp, sync)
-        mem = (torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mb())
-        lat = infer_eager(model, device, 1, args.repeats, amp, sync)
-        thr = 16 / infer_eager(model, device, 16, max(2, args.repeats // 2), amp, sync)
-        onnx_lat = infer_onnx(make().eval(), 1, args.repeats) if not cuda else float("nan")
-        prefix = "" if name == "default" else "classic_"
-        res.update({
-            f"{prefix}params": count_parameters(model),
-            f"{prefix}gflop_fwd": fwd / 1e9,
-            f"{prefix}train_img_s": img_s,
-            f"{prefix}train_gflops": 3 * fwd * img_s / 1e9,
-            f"{prefix}infer_ms_b1_eager": lat * 1e3,
-            f"{prefix}infer_ms_b1_onnx": onnx_lat * 1e3,
-            f"{prefix}infer_img_s_b16": thr,
-            f"{prefix}peak_mem_mb": mem,
-            f"{prefix}peak_mem_grew_mb": mem - (0 if cuda else rss0),
-        })
-        del model
-    res["epoch_s"] = EPOCH_IMAGES / res["train_img_s"]
-    res["infer_ms_b1"] = min(res["infer_ms_b1_eager"], res["infer_ms_b1_onnx"]
-                             if res["infer_ms_b1_onnx"] == res["infer_ms_b1_onnx"] else 1e9)
-    res["train_speedup_vs_classic"] = res["train_img_s"] / res["classic_train_img_s"]
-    res["train_peak_fraction"] = res["train_gflops"] / res["peak_gflops"]
-    res["classic_train_peak_fraction"] = res["classic_train_gflops"] / res["peak_gflops"]
+    mc = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml").model
+
+    def default():
+        return create_model(mc.name, width=mc.width, depth=mc.depth, stem_stride=mc.stem_stride,
+                            presence_head=mc.presence_head)
+
+    chosen, why = choose_precision("auto", device, default().to(memory_format=torch.channels_last))
+    res: dict = {"host": torch.cuda.get_device_name() if cuda else host_facts(),
+                 "torch": torch.__version__, "auto_precision": why}
+    roofs = {"fp32": matmul_roof(device, sync, torch.float32)}
+    if chosen is not None:
+        roofs["bf16"] = matmul_roof(device, sync, torch.bfloat16)
+    res["roofs"] = roofs
+    rows = [measure("default", default, None, device, args, sync, roofs)]
+    if chosen is not None:
+        rows.append(measure("default", default, chosen, device, args, sync, roofs))
+    rows.append(measure("classic", lambda: create_model("unet_classic"), None, device, args,
+                        sync, roofs))
+    res["rows"] = rows
+    if not cuda:
+        res["onnx_fp32_ms_b1"] = infer_onnx(default(), 1, args.repeats) * 1e3
+        calib = Path(args.calibration)
+        res["onnx_int8_ms_b1"] = (infer_onnx(default(), 1, args.repeats, calib) * 1e3
+                                  if calib.is_dir() else None)
     print_table(res)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
 
 
 def print_table(r: dict) -> None:
-    print(f"device: {r['device']}  threads: {r['threads']}  torch {r['torch']}  "
-          f"fp32 matmul peak: {r['peak_gflops']:.1f} GFLOP/s")
-    rows = [("parameters", "params", "{:,.0f}"), ("GFLOP / image (fwd)", "gflop_fwd", "{:.2f}"),
-            ("train images/s (b8)", "train_img_s", "{:.2f}"),
-            ("train GFLOP/s", "train_gflops", "{:.1f}"),
-            ("train / matmul peak", "train_peak_fraction", "{:.0%}"),
-            ("infer b1 eager ms", "infer_ms_b1_eager", "{:.1f}"),
-            ("infer b1 ONNX RT ms", "infer_ms_b1_onnx", "{:.1f}"),
-            ("infer b16 images/s", "infer_img_s_b16", "{:.1f}"),
-            ("peak memory MB", "peak_mem_mb", "{:.0f}")]
-    print(f"{'metric':<24}{'default':>14}{'classic':>14}{'ratio':>10}")
-    for label, key, fmt in rows:
-        if key == "train_peak_fraction":
-            a, b = r[key], r["classic_train_peak_fraction"]
-        else:
-            a, b = r[key], r[f"classic_{key}"]
-        ratio = a / b if b else float("nan")
-        print(f"{label:<24}{fmt.format(a):>14}{fmt.format(b):>14}{ratio:>9.2f}x")
-    print(f"epoch of {EPOCH_IMAGES} images at {SIZE}px: {r['epoch_s']:.1f} s;  "
-          f"batch-1 latency (faster backend): {r['infer_ms_b1']:.1f} ms;  "
-          f"train speed-up vs classic: {r['train_speedup_vs_classic']:.1f}x")
+    host = r["host"]
+    if isinstance(host, dict):
+        print(f"host: {host['cpu_model']}  capability {host['cpu_capability']}  bf16 flags "
+              f"{host['bf16_flags'] or 'none'}  threads {host['threads']}  torch {r['torch']}")
+    else:
+        print(f"device: {host}  torch {r['torch']}")
+    print("roofs (best matmul): " + ", ".join(
+        f"{p} {v['gflops']:.0f} GFLOP/s (n={v['n']})" for p, v in r["roofs"].items()))
+    print(f"auto precision: {r['auto_precision']['precision']} "
+          f"({r['auto_precision']['reason']})")
+    cols = [("params", "{:,.0f}"), ("gflop_fwd", "{:.2f}"), ("train_img_s", "{:.1f}"),
+            ("train_gflops", "{:.0f}"), ("train_roof_fraction", "{:.0%}"),
+            ("infer_ms_b1", "{:.1f}"), ("infer_img_s_b16", "{:.1f}"),
+            ("infer_roof_fraction", "{:.0%}"), ("peak_mem_mb", "{:.0f}")]
+    print(f"{'model':<16}" + "".join(f"{c:>20}" for c, _ in cols))
+    for row in r["rows"]:
+        label = f"{row['model']} {row['precision']}"
+        print(f"{label:<16}" + "".join(f"{fmt.format(row[c]):>20}" for c, fmt in cols))
+    base = r["rows"][0]
+    for row in r["rows"][1:]:
+        print(f"{row['model']} {row['precision']} / default fp32: train "
+              f"{row['train_img_s'] / base['train_img_s']:.2f}x, inference b16 "
+              f"{row['infer_img_s_b16'] / base['infer_img_s_b16']:.2f}x")
+    if "onnx_fp32_ms_b1" in r:
+        int8 = r["onnx_int8_ms_b1"]
+        print(f"ONNX Runtime batch 1: fp32 {r['onnx_fp32_ms_b1']:.1f} ms"
+              + (f", int8 {int8:.1f} ms ({r['onnx_fp32_ms_b1'] / int8:.2f}x)" if int8 else ""))
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ def _evaluate(a: argparse.Namespace) -> int:
 
     s = evaluate(a.checkpoint, a.data, a.out, threshold=a.threshold, tta=a.tta, device=a.device,
                  filter_components=not a.no_filter, plain=a.plain, overwrite=a.overwrite,
-                 backend=a.backend, onnx_path=a.onnx)
+                 backend=a.backend, onnx_path=a.onnx, groups=a.groups, group_by=a.group_by)
     print(format_summary(s))
     print(f"wrote {a.out}/metrics.json, {a.out}/per_image.csv, {a.out}/test_preds/")
     return 1 if s["errors"] else 0
@@ -210,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
                    help="torch, or onnx with --onnx FILE (default: torch)")
     s.add_argument("--onnx", help="an exported .onnx file (its own settings are used)")
+    s.add_argument("--groups", help="CSV with a 'name' column and columns to group results by")
+    s.add_argument("--group-by", action="append", metavar="COLUMN",
+                   help="a column of --groups to report results by (repeatable)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run (default: refuse)")

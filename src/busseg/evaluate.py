@@ -12,6 +12,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from busseg.data.dataset import class_of, list_pairs, load_pair
+from busseg.groups import format_groups, per_group, read_groups
 from busseg.imageio import ImageReadError
 from busseg.inference import make_forward, predict_maps
 from busseg.jsonio import write_json
@@ -76,6 +77,8 @@ def evaluate(
     overwrite: bool = False,
     backend: str = "torch",
     onnx_path: Path | str | None = None,
+    groups: Path | str | None = None,
+    group_by: list[str] | None = None,
 ) -> dict:
     """Score a model on `data/images` + `data/masks`; write metrics.json, per_image.csv, PNGs.
 
@@ -88,6 +91,9 @@ def evaluate(
     """
     out = Path(out)
     pairs = list_pairs(data)  # a bad data folder fails before anything is written
+    if group_by and not groups:
+        raise ValueError("--group-by needs --groups FILE.csv")
+    group_values = read_groups(groups, group_by or []) if groups else None
     forward, size, settings = make_forward(checkpoint, backend, onnx_path, device)
     if settings is None:
         if threshold is None and not plain:
@@ -118,6 +124,7 @@ def evaluate(
     if not rows:
         raise ValueError(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)
+    summary["per_group"] = per_group(rows, group_values)
     summary.update({**settings.to_dict(), "postprocess": settings.to_dict(),
                     "checkpoint": str(onnx_path if backend == "onnx" and onnx_path
                                       else checkpoint or "shipped"),
@@ -141,6 +148,8 @@ def format_summary(s: dict) -> str:
                  if "false_positive_rate" in m else "")
         lines.append(f"  {c:<10} n={m['n_images']:<4} Dice {m['dice']:.4f}  IoU {m['iou']:.4f}  "
                      f"HD95 {m['hd95']:.1f}{extra}")
+    if s.get("per_group"):
+        lines.append(format_groups(s["per_group"]))
     for e in s.get("errors", []):
         lines.append(f"  error: {e}")
     return "\n".join(lines)
