@@ -1,9 +1,14 @@
+import argparse
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-VERBS = ["prepare", "train", "evaluate", "predict", "export", "tune", "report", "serve"]
+from busseg.cli import build_parser, main
+
+VERBS = ["prepare", "train", "cv", "evaluate", "predict", "export", "tune", "report", "serve"]
+RECIPE = str(Path(__file__).parents[1] / "configs" / "busi.yaml")
 
 
 @pytest.mark.parametrize("verb", VERBS)
@@ -25,8 +30,6 @@ def test_errors_are_one_line_not_tracebacks(tmp_path):
 
 
 def test_cli_prepare_train_evaluate_export(raw_tree, tmp_path):
-    from busseg.cli import main
-
     data, run = tmp_path / "data", tmp_path / "run"
     assert main(["prepare", "--raw", str(raw_tree), "--out", str(data), "--size", "64"]) == 0
     assert main(["train", "--data", str(data), "--out", str(run), "--epochs", "1", "--size",
@@ -37,3 +40,27 @@ def test_cli_prepare_train_evaluate_export(raw_tree, tmp_path):
     assert main(["export", "--checkpoint", str(run / "unet_final.pt"), "--out",
                  str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 1000
+
+
+def test_print_config_shows_every_key_resolved(capsys):
+    import yaml
+
+    from busseg.config import TrainConfig, config_to_dict
+
+    assert main(["train", "--config", RECIPE, "--epochs", "7",
+                 "--set", "model.width=8", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["epochs"] == 7 and printed["model"]["width"] == 8
+    assert printed["optimizer"] == "adamw" and printed["model"]["presence_head"] is True
+    assert set(printed) == set(config_to_dict(TrainConfig()))
+    assert main(["train", "--set", "schedule=cosin", "--print-config"]) == 1
+    assert "schedule" in capsys.readouterr().err
+
+
+def test_every_option_has_help():
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert sorted(sub.choices) == sorted(VERBS)
+    for verb, parser in sub.choices.items():
+        for action in parser._actions:
+            if action.dest != "help":
+                assert action.help, f"busseg {verb} {action.option_strings} has no help"

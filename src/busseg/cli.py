@@ -35,9 +35,16 @@ def _train_config(a: argparse.Namespace):
 
 
 def _train(a: argparse.Namespace) -> int:
+    import yaml
+
+    from busseg.config import config_to_dict
     from busseg.train import train
 
-    summary = train(_train_config(a), resume=a.resume, overwrite=a.overwrite)
+    cfg = _train_config(a)
+    if a.print_config:
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
     print(json.dumps(summary, indent=1))
     return 0
 
@@ -141,12 +148,26 @@ def _export(a: argparse.Namespace) -> int:
     return 0
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default unless its help already names it or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
+def _verb(sub, name: str, text: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="busseg", description=__doc__)
     p.add_argument("--version", action="version", version=f"busseg {__version__}")
     sub = p.add_subparsers(dest="verb", required=True)
 
-    s = sub.add_parser("prepare", help="raw BUSI -> resized, leakage-free train/val/test split")
+    s = _verb(sub, "prepare", "raw BUSI -> resized, leakage-free train/val/test split")
     s.add_argument("--raw", required=True, help="the Dataset_BUSI_with_GT folder")
     s.add_argument("--out", default="data", help="output folder (default: data)")
     s.add_argument("--size", type=int, default=256,
@@ -159,15 +180,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_prepare)
 
-    s = sub.add_parser("train", help="train a model (config file + overrides)")
+    s = _verb(sub, "train", "train a model (config file + overrides)")
     s.add_argument("--config", help="YAML config (see configs/)")
     s.add_argument("--data", help="prepared data folder (default: data)")
     s.add_argument("--out", help="run folder (default: results)")
-    s.add_argument("--epochs", type=int)
-    s.add_argument("--batch-size", dest="batch_size", type=int)
-    s.add_argument("--lr", type=float)
-    s.add_argument("--seed", type=int)
-    s.add_argument("--size", type=int)
+    s.add_argument("--epochs", type=int, help="training epochs (default: the config's)")
+    s.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="images per step and rank (default: the config's)")
+    s.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
+    s.add_argument("--seed", type=int, help="random seed (default: the config's)")
+    s.add_argument("--size", type=int, help="training image side (default: the config's)")
+    s.add_argument("--print-config", action="store_true",
+                   help="print the fully resolved config (every key) and exit")
     s.add_argument("--device", help="auto, cpu or cuda")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override any config key, e.g. --set model.width=24 (repeatable)")
@@ -177,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_train)
 
-    s = sub.add_parser("cv", help="k-fold cross-validation over train + val; out-of-fold results")
+    s = _verb(sub, "cv", "k-fold cross-validation over train + val; out-of-fold results")
     s.add_argument("--config", help="YAML config (see configs/)")
     s.add_argument("--data", help="prepared data folder (default: data)")
     s.add_argument("--out", default="runs/cv", help="cross-validation folder (default: runs/cv)")
@@ -196,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_cv)
 
-    s = sub.add_parser("evaluate", help="score a model on a folder of images and masks")
+    s = _verb(sub, "evaluate", "score a model on a folder of images and masks")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
     s.add_argument("--out", default="results", help="where metrics and predictions go")
@@ -213,12 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--groups", help="CSV with a 'name' column and columns to group results by")
     s.add_argument("--group-by", action="append", metavar="COLUMN",
                    help="a column of --groups to report results by (repeatable)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_evaluate)
 
-    s = sub.add_parser("predict", help="segment new scans (PNG, JPEG, BMP, TIFF, DICOM)")
+    s = _verb(sub, "predict", "segment new scans (PNG, JPEG, BMP, TIFF, DICOM)")
     s.add_argument("inputs", nargs="*", metavar="INPUT", help="files, folders or globs")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--samples", action="store_true", help="also segment the shipped samples")
@@ -228,9 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="average with the horizontal flip (default: the model's setting)")
     s.add_argument("--save-prob", action="store_true", help="also write <stem>_prob.png")
     s.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--batch-size", type=int, default=4)
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch")
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
+    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch, or ONNX Runtime (with --onnx FILE, or an export of the model)")
     s.add_argument("--onnx", help="an exported .onnx file for --backend onnx")
     s.add_argument("--frames", default="all",
                    help="DICOM frames: all, first, middle or indices like 0,5")
@@ -240,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also segment files named like masks (<stem>_mask.png)")
     s.set_defaults(func=_predict)
 
-    s = sub.add_parser("tune", help="choose threshold, TTA, presence rule and component filter")
+    s = _verb(sub, "tune", "choose threshold, TTA, presence rule and component filter")
     s.add_argument("--checkpoint", required=True,
                    help="a .pt checkpoint; postprocess.json is written beside it")
     src = s.add_mutually_exclusive_group(required=True)
@@ -250,24 +275,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_tune)
 
-    s = sub.add_parser("report", help="self-contained HTML report of a run")
+    s = _verb(sub, "report", "self-contained HTML report of a run")
     s.add_argument("run_dir", nargs="?", help="run folder (default: the shipped model)")
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
-    s.add_argument("--out", default="report.html")
+    s.add_argument("--out", default="report.html", help="the HTML file to write")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_report)
 
-    s = sub.add_parser("serve", help="web demo and HTTP inference service (FastAPI)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8000)
+    s = _verb(sub, "serve", "web demo and HTTP inference service (FastAPI)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    s.add_argument("--port", type=int, default=8000, help="port to listen on")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
-    s.add_argument("--max-upload-mb", type=float, default=20.0)
-    s.add_argument("--max-pixels", type=int, default=40_000_000)
+    s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted")
+    s.add_argument("--max-pixels", type=int, default=40_000_000,
+                   help="largest decoded image accepted (pixels)")
     s.add_argument("--concurrency", type=int, default=2, help="inferences at once")
     s.set_defaults(func=_serve)
 
-    s = sub.add_parser("export", help="export a model to ONNX")
+    s = _verb(sub, "export", "export a model to ONNX")
     s.add_argument("--format", default="onnx", choices=("onnx", "safetensors"),
                    help="onnx (dynamic batch and size) or safetensors (weights + config + logs)")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")

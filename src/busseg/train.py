@@ -183,6 +183,12 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
            splits: tuple[TensorSplit, TensorSplit] | None = None) -> dict:
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if info.main and cfg.warmup_epochs >= cfg.epochs:
+        log.warning("warning: %d epochs do not get past the %d warm-up epochs; the learning "
+                    "rate never reaches its peak", cfg.epochs, cfg.warmup_epochs)
+    if info.main and cfg.select == "best" and cfg.min_epochs > cfg.epochs:
+        log.warning("warning: min_epochs %d > epochs %d: early stopping can never act",
+                    cfg.min_epochs, cfg.epochs)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     out = Path(cfg.out)
