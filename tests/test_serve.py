@@ -116,3 +116,34 @@ def test_browser_upload_draws_overlay(tiny_run, tmp_path):
     assert result["console_errors"] == []
     assert result["overlay_pixels"] > 500
     assert "lesions" in result["stats"] and "malignant_104" not in result["stats"]
+
+
+def test_parameters_as_form_fields_are_used_or_rejected(server):
+    img, _ = scan(4, h=133, w=171)
+    files = {"file": ("scan.png", _png(img))}
+    url = server + "/v1/segment"
+    full = httpx.post(url, files=files, data={"threshold": "0"}, timeout=60).json()
+    assert full["lesion_area_px"] == 171 * 133 and full["threshold"] == 0.0
+    r = httpx.post(url, files=files, data={"output": "mask"}, timeout=60)
+    assert r.headers["content-type"] == "image/png"
+    assert httpx.post(url, files=files, data={"threshold": "2"}, timeout=60).status_code == 422
+    assert httpx.post(url, files=files, data={"output": "gif"}, timeout=60).status_code == 422
+    r = httpx.post(url, files=files, data={"threshold": "0.2"}, params={"threshold": 0.3},
+                   timeout=60)
+    assert r.status_code == 422 and "twice" in r.json()["detail"]
+    schema = httpx.get(server + "/openapi.json").json()
+    body = json.dumps(schema["components"]["schemas"])
+    assert '"threshold"' in body and '"output"' in body  # the form fields are documented
+
+
+def test_api_and_cli_give_the_same_mask(server, tiny_run, tmp_path):
+    from busseg.cli import main
+
+    img, _ = scan(6, h=120, w=150)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(img).save(tmp_path / "in" / "s.png")
+    assert main(["predict", str(tmp_path / "in"), "--out", str(tmp_path / "o"),
+                 "--checkpoint", str(tiny_run / "unet_final.pt")]) == 0
+    cli = np.array(Image.open(tmp_path / "o" / "s_mask.png")) > 0
+    api = np.array(Image.open(io.BytesIO(post(server, _png(img), output="mask").content))) > 0
+    assert np.array_equal(cli, api)

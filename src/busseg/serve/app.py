@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import numpy as np
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel
@@ -71,6 +71,14 @@ def _png(img: Image.Image) -> Response:
     return Response(buf.getvalue(), media_type="image/png")
 
 
+def _one_of(name: str, query, form):
+    """A parameter given as a query parameter or a form field; both and different: 422."""
+    if query is not None and form is not None and query != form:
+        raise HTTPException(422, f"{name} given twice with different values "
+                                 f"(query {query}, form {form})")
+    return query if query is not None else form
+
+
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     """Build the app; the model is loaded once, here."""
     cfg = config or ServeConfig()
@@ -123,10 +131,18 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         request: Request,
         file: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF or DICOM scan")],
         threshold: Annotated[float | None, Query(
-            ge=0.0, le=1.0, description="probability threshold (model's default)")] = None,
-        output: Annotated[Output, Query(
-            description="json, or a mask/overlay/prob/scan PNG")] = Output.json,
+            ge=0.0, le=1.0, description="probability threshold (model's default); "
+            "also accepted as a form field")] = None,
+        output: Annotated[Output | None, Query(
+            description="json (default), or a mask/overlay/prob/scan PNG; also accepted as "
+            "a form field")] = None,
+        threshold_form: Annotated[float | None, Form(
+            alias="threshold", ge=0.0, le=1.0, description="as the query parameter")] = None,
+        output_form: Annotated[Output | None, Form(
+            alias="output", description="as the query parameter")] = None,
     ):
+        threshold = _one_of("threshold", threshold, threshold_form)
+        output = _one_of("output", output, output_form) or Output.json
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cfg.max_upload_bytes + 64 * 1024:
             raise HTTPException(413, f"upload over the {cfg.max_upload_bytes}-byte limit")
