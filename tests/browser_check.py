@@ -30,7 +30,8 @@ def check_demo(page, url, image_path):
                            timeout=60000)
     drawn = page.evaluate("window.bussegOverlayPixels()")
     stats = page.inner_text("#stats")
-    return {"overlay_pixels": drawn, "stats": stats}
+    return {"overlay_pixels": drawn, "stats": stats,
+            "threshold_shown": page.inner_text("#thr-value")}
 
 
 def main() -> None:

@@ -106,16 +106,24 @@ def test_browser_upload_draws_overlay(tiny_run, tmp_path):
 
     if not DEFAULT_WEIGHTS.is_file():
         pytest.skip("shipped weights missing")
+    from busseg.checkpoint import load_model
+    from busseg.cli import main
+
     sample = Path(__file__).parents[1] / "src" / "busseg" / "samples" / "malignant_104.png"
     with running(create_app(ServeConfig())) as url:
         r = subprocess.run([sys.executable, str(Path(__file__).parent / "browser_check.py"),
                             "demo", url + "/", str(sample)], capture_output=True, text=True,
                            timeout=180)
+        api = post(url, sample.read_bytes(), name=sample.name).json()
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["console_errors"] == []
-    assert result["overlay_pixels"] > 500
     assert "lesions" in result["stats"] and "malignant_104" not in result["stats"]
+    # one answer on every surface: the page draws the mask the API and the CLI give
+    assert main(["predict", str(sample), "--out", str(tmp_path / "cli")]) == 0
+    cli = int((np.array(Image.open(tmp_path / "cli" / "malignant_104_mask.png")) > 0).sum())
+    assert result["overlay_pixels"] == api["lesion_area_px"] == cli > 500
+    assert result["threshold_shown"] == f"{load_model().threshold:.2f}"
 
 
 def test_parameters_as_form_fields_are_used_or_rejected(server):

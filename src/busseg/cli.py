@@ -14,8 +14,13 @@ from busseg import __version__
 def _prepare(a: argparse.Namespace) -> int:
     from busseg.data.prepare import prepare
 
+    fractions = tuple(float(f) for f in a.fractions.split(","))
+    if len(fractions) != 3:
+        raise ValueError(f"--fractions needs three numbers (train,val,test), got {a.fractions!r}")
     report = prepare(a.raw, a.out, size=a.size, seed=a.seed, include_normal=a.include_normal,
-                     twin_threshold=a.twin_threshold, overwrite=a.overwrite)
+                     twin_threshold=a.twin_threshold, overwrite=a.overwrite,
+                     fractions=fractions, table_csv=a.table,
+                     normal_without_mask=a.normal_without_mask, group_column=a.group_column)
     print(report.summary())
     print(f"wrote {a.out}/{{train,val,test}}, {a.out}/splits.json, {a.out}/manifest.csv")
     return 0
@@ -25,7 +30,8 @@ def _train_config(a: argparse.Namespace):
     from busseg.config import resolve_config
 
     overrides = list(a.set or [])
-    for key in ("data", "out", "epochs", "batch_size", "lr", "seed", "device", "size"):
+    for key in ("data", "out", "epochs", "batch_size", "lr", "seed", "device", "size", "init",
+                "limit"):
         value = getattr(a, key, None)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -168,7 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     s = _verb(sub, "prepare", "raw BUSI -> resized, leakage-free train/val/test split")
-    s.add_argument("--raw", required=True, help="the Dataset_BUSI_with_GT folder")
+    s.add_argument("--raw", required=True,
+                   help="the Dataset_BUSI_with_GT folder, or a folder with images/ and masks/")
+    s.add_argument("--table", help="CSV with a 'name' column, a group column (scans of one group "
+                   "never cross splits) and any others (kept in the manifest)")
+    s.add_argument("--group-column", default="group", help="the group column of --table")
+    s.add_argument("--normal-without-mask", action="store_true",
+                   help="plain folders: an image without a mask file is a normal scan")
+    s.add_argument("--fractions", default="0.8,0.1,0.1", help="train,val,test shares")
     s.add_argument("--out", default="data", help="output folder (default: data)")
     s.add_argument("--size", type=int, default=256,
                    help="side of the square output images (0: keep original sizes)")
@@ -190,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--lr", type=float, help="peak learning rate (default: the config's)")
     s.add_argument("--seed", type=int, help="random seed (default: the config's)")
     s.add_argument("--size", type=int, help="training image side (default: the config's)")
+    s.add_argument("--init", help="start from weights: 'default' (the shipped model) or a "
+                   "checkpoint (default: random)")
+    s.add_argument("--limit", type=int, help="train on N training scans only (quick runs)")
     s.add_argument("--print-config", action="store_true",
                    help="print the fully resolved config (every key) and exit")
     s.add_argument("--device", help="auto, cpu or cuda")

@@ -7,6 +7,7 @@ Unknown keys are errors. `resolve_config(path, ["epochs=5", "model.width=24"])` 
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,8 @@ class TrainConfig:
     patience: int = 20
     min_epochs: int = 0
     presence_weight: float = 0.5
+    init: str | None = None  # start from weights: 'default' (the shipped model) or a path
+    limit: int = 0  # train on this many training scans only (0: all)
     seed: int = 0
     threads: int = 0
     device: str = "auto"
@@ -83,6 +86,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"config key {key!r} must be a mapping")
         return from_dict(typ, value, prefix=f"{key}.")
+    if typing.get_origin(typ) in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
+            return None
+        inner = next(t for t in typing.get_args(typ) if t is not type(None))
+        return _coerce(value, inner, key)
     if typing.get_origin(typ) is Literal:
         choices = typing.get_args(typ)
         if value not in choices:

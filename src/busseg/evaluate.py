@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from busseg.data.dataset import class_of, list_pairs, load_pair
+from busseg.data.dataset import label_of, list_pairs, load_pair
 from busseg.groups import format_groups, per_group, read_groups
 from busseg.imageio import ImageReadError
 from busseg.inference import make_forward, predict_maps
@@ -48,7 +48,7 @@ def summarise(rows: list[dict]) -> dict:
 
 def score_image(name: str, truth: np.ndarray, pred: np.ndarray, score: float | None) -> dict:
     """One per-image row: class, sizes, areas, lesion score and every metric."""
-    return {"name": name, "class": class_of(name), "height": truth.shape[0],
+    return {"name": name, "class": label_of(name, bool(truth.any())), "height": truth.shape[0],
             "width": truth.shape[1], "true_area": int(truth.sum()), "pred_area": int(pred.sum()),
             "lesion_score": score, **image_metrics(pred, truth)}
 

@@ -145,6 +145,27 @@ def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: tor
     return {"loss": loss_sum / n, "acc": acc_sum / n, "dice": dice_sum / max(n_lesion, 1.0)}
 
 
+def limit_split(split: TensorSplit, n: int, seed: int) -> TensorSplit:
+    """A seeded random subset of `n` images (all when the split is smaller)."""
+    if n >= len(split):
+        return split
+    order = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed)).tolist()
+    return split.subset(sorted(order[:n]))
+
+
+def init_weights(model: nn.Module, source: str) -> None:
+    """Load the weights of `source` ('default': the shipped model, or a checkpoint path) into
+    `model`; the two must have the same architecture."""
+    from busseg.checkpoint import load_model
+
+    loaded = load_model(None if source == "default" else source)
+    try:
+        model.load_state_dict(loaded.net.state_dict())
+    except RuntimeError as exc:
+        raise ValueError(f"init {source}: its weights do not fit this config's model "
+                         f"({str(exc).splitlines()[0]}); use its model settings") from None
+
+
 def _save_logs(out: Path, history: list[dict]) -> None:
     for phase in ("train", "val"):
         for key in LOG_KEYS:
@@ -199,6 +220,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
         val_set = load_split(data / "val", cfg.size)
     else:
         train_set, val_set = splits
+    if cfg.limit > 0:
+        train_set = limit_split(train_set, cfg.limit, cfg.seed)
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         log.info("loaded %d train / %d val images in %.1fs on %s (world %d)", len(train_set),
@@ -215,7 +238,10 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
         val_set = TensorSplit(val_set.images.to(device), val_set.masks.to(device),
                               val_set.names, val_set.labels)
 
-    model = build_from_config(config_to_dict(cfg.model)).to(device)
+    model = build_from_config(config_to_dict(cfg.model))
+    if cfg.init:
+        init_weights(model, cfg.init)
+    model = model.to(device)
     if cfg.sync_bn and info.enabled:
         if device.type != "cuda":
             raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no CPU path)")

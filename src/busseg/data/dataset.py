@@ -64,6 +64,12 @@ class TensorSplit:
     def __len__(self) -> int:
         return len(self.names)
 
+    def subset(self, idx: list[int]) -> TensorSplit:
+        """The images at `idx`."""
+        t = torch.as_tensor(idx, dtype=torch.long)
+        return TensorSplit(self.images[t], self.masks[t], [self.names[i] for i in idx],
+                           [self.labels[i] for i in idx])
+
     def batch(self, idx: torch.Tensor, device: torch.device | str = "cpu"):
         """Float images in [0, 1] and float masks for the given indices."""
         x = self.images[idx].to(device, non_blocking=True).float().div_(255.0)
@@ -86,4 +92,11 @@ def load_pairs(pairs: list[tuple[Path, Path]], size: int) -> TensorSplit:
         images[i, 0] = (resize_image(gray, (size, size)).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
         masks[i, 0] = resize_mask(m, (size, size)).to(torch.uint8)
     names = [img.stem for img, _ in pairs]
-    return TensorSplit(images, masks, names, [class_of(n) for n in names])
+    labels = [label_of(n, bool(masks[i].any())) for i, n in enumerate(names)]
+    return TensorSplit(images, masks, names, labels)
+
+
+def label_of(name: str, has_lesion: bool) -> str:
+    """BUSI class from the name; for other names 'normal' without a lesion, else 'unknown'."""
+    label = class_of(name)
+    return "normal" if label == "unknown" and not has_lesion else label

@@ -14,7 +14,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from busseg.data.raw import RawCase, find_cases, load_case
+from busseg.data.raw import (
+    RawCase,
+    find_cases,
+    find_plain_cases,
+    is_plain_layout,
+    load_case,
+)
 from busseg.data.split import SPLITS, split_groups
 from busseg.data.twins import DEFAULT_THRESHOLD, group_ids, thumbnail, twin_pairs
 from busseg.imageio import ImageReadError
@@ -55,6 +61,36 @@ class PrepareReport:
         return sorted({c for row in self.counts.values() for c in row})
 
 
+RESERVED = ("name", "class", "orig_height", "orig_width", "split", "group")
+
+
+def read_table(path: Path | str) -> dict[str, dict[str, str]]:
+    """Rows of a CSV with a `name` column, by name."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: table not found")
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        if "name" not in (reader.fieldnames or []):
+            raise ValueError(f"{path}: needs a 'name' column (image file name without suffix)")
+        return {r["name"]: r for r in reader}
+
+
+def table_pairs(cases: list[RawCase], table: dict[str, dict[str, str]],
+                column: str = "group") -> list[tuple[int, int]]:
+    """Index pairs joining the cases that share a value of `column` in the table."""
+    first: dict[str, int] = {}
+    pairs = []
+    for i, case in enumerate(cases):
+        group = table.get(case.name, {}).get(column)
+        if group:
+            if group in first:
+                pairs.append((first[group], i))
+            else:
+                first[group] = i
+    return pairs
+
+
 def prepared_outputs(out: Path | str) -> list[Path]:
     """What prepare writes in `out`."""
     out = Path(out)
@@ -70,20 +106,34 @@ def prepare(
     twin_threshold: float = DEFAULT_THRESHOLD,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     overwrite: bool = False,
+    table_csv: Path | str | None = None,
+    normal_without_mask: bool = False,
+    group_column: str = "group",
 ) -> PrepareReport:
     """Read the raw BUSI tree, group near-duplicates, split by group, write images and masks.
 
     `size` is the side of the square output; 0 keeps every image at its original resolution
     (for scoring at original size with `busseg evaluate`); the split does not depend on it.
     An earlier split in `out` is refused unless `overwrite` (which removes it first).
+
+    `raw` is BUSI's layout (`benign/`, `malignant/`, `normal/`) or a plain labelled folder
+    (`images/` + `masks/<stem>_mask.png`); `table_csv` (columns `name`, optional `group` and
+    any others) keeps each group in one split and its columns in the manifest.
     """
     claim(prepared_outputs(out), overwrite)
-    # Twins and splits are computed over every class present, so the benign/malignant split is the
-    # same with or without --include-normal (normal scans can chain lesion images into one group).
-    classes = ("benign", "malignant") + (("normal",) if (Path(raw) / "normal").is_dir() else ())
-    if include_normal and "normal" not in classes:
-        raise FileNotFoundError(f"{Path(raw) / 'normal'}: --include-normal given but no folder")
-    cases, missing = find_cases(raw, classes)
+    table = read_table(table_csv) if table_csv else {}
+    if is_plain_layout(raw):
+        cases, missing = find_plain_cases(raw, normal_without_mask)
+        include_normal = True
+    else:
+        # Twins and splits are computed over every class present, so the benign/malignant split
+        # is the same with or without --include-normal (normal scans can chain lesion images).
+        classes = ("benign", "malignant") + (
+            ("normal",) if (Path(raw) / "normal").is_dir() else ())
+        if include_normal and "normal" not in classes:
+            raise FileNotFoundError(f"{Path(raw) / 'normal'}: --include-normal given but no "
+                                    "folder")
+        cases, missing = find_cases(raw, classes)
     skipped = [f"{p}: image has no mask file" for p in missing]
     kept: list[RawCase] = []
     images, masks, thumbs, sizes = [], [], [], []
@@ -94,6 +144,8 @@ def prepare(
             skipped.append(str(exc))
             continue
         gray = to_gray01(image)
+        if case.label == "lesion" and not mask.any():
+            case = RawCase(case.image, case.masks, "normal")  # empty mask files: no lesion
         kept.append(case)
         sizes.append(gray.shape)
         thumbs.append(thumbnail(gray))
@@ -105,7 +157,8 @@ def prepare(
             masks.append(torch.from_numpy(mask))
     if not kept:
         raise ValueError(f"{raw}: no readable image with a mask was found")
-    pairs = twin_pairs(np.stack(thumbs), twin_threshold)
+    pairs = twin_pairs(np.stack(thumbs), twin_threshold) + table_pairs(
+        kept, table, group_column)
     groups = group_ids(len(kept), pairs)
     labels = [c.label for c in kept]
     splits = split_groups(labels, groups, fractions, seed)
@@ -128,10 +181,12 @@ def prepare(
         Image.fromarray(msk.numpy().astype(np.uint8) * 255).save(
             d / "masks" / f"{case.name}_mask.png"
         )
+        extra = {k: v for k, v in table.get(case.name, {}).items() if k not in RESERVED}
         rows.append({"name": case.name, "class": case.label, "orig_height": h, "orig_width": w,
-                     "split": split, "group": grp})
+                     "split": split, "group": grp, **extra})
     with open(out / "manifest.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
