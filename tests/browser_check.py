@@ -26,8 +26,8 @@ def check_report(page, url):
 def check_demo(page, url, image_path):
     page.goto(url)
     page.set_input_files("#file", image_path)
-    page.wait_for_function("document.querySelector('#stats').dataset.ready === '1'",
-                           timeout=60000)
+    # a selector, not a JS predicate: the page's CSP forbids the eval a predicate needs
+    page.wait_for_selector("#stats[data-ready='1']", state="attached", timeout=60000)
     drawn = page.evaluate("window.bussegOverlayPixels()")
     stats = page.inner_text("#stats")
     return {"overlay_pixels": drawn, "stats": stats,

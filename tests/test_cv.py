@@ -84,3 +84,22 @@ def test_gather_writes_oof_predictions_and_metrics(cv_run, prepared):
     assert "normal_fp_rate" in metrics and len(metrics["fold_train_time_s"]) == 3
     rows = list(csv.DictReader(open(out / "oof" / "plain" / "per_image.csv")))
     assert {int(r["fold"]) for r in rows} == {0, 1, 2}
+
+
+def test_tune_on_oof_writes_settings_and_tuned_oof_metrics(cv_run, prepared, tmp_path):
+    import shutil
+
+    from busseg.tune import tune_postprocess
+
+    out, _ = cv_run
+    if not (out / "oof" / "predictions.npz").is_file():
+        gather_oof(out, prepared, progress=False)
+    ckpt = tmp_path / "unet_final.pt"
+    shutil.copy(out / "fold_0" / "unet_final.pt", ckpt)
+    report = tune_postprocess(ckpt, cv_dir=out, progress=False, overwrite=True)
+    chosen = json.loads((tmp_path / "postprocess.json").read_text())
+    assert chosen == report["best"]["settings"] and chosen["presence_threshold"] is not None
+    tuned = json.loads((out / "oof" / "tuned" / "metrics.json").read_text())
+    assert tuned["postprocess"] == chosen
+    assert tuned["missed_lesion_rate"] <= 0.02 + 1e-9
+    assert report["n"] == len(read_pool(prepared))

@@ -155,3 +155,37 @@ def test_api_and_cli_give_the_same_mask(server, tiny_run, tmp_path):
     cli = np.array(Image.open(tmp_path / "o" / "s_mask.png")) > 0
     api = np.array(Image.open(io.BytesIO(post(server, _png(img), output="mask").content))) > 0
     assert np.array_equal(cli, api)
+
+
+def test_security_headers_and_no_outside_resources(server):
+    for path in ("/", "/healthz", "/openapi.json"):
+        r = httpx.get(server + path)
+        csp = r.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in csp and "http" not in csp
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["referrer-policy"] == "no-referrer"
+    assert httpx.get(server + "/docs").status_code == 404  # CDN-backed pages are off
+    assert httpx.get(server + "/redoc").status_code == 404
+
+
+def test_full_queue_answers_503_with_retry_after(tiny_run):
+    import threading
+
+    img, _ = scan(4, h=300, w=300)
+    data = _png(img)
+    cfg = ServeConfig(str(tiny_run / "unet_final.pt"), concurrency=1, queue=0)
+    codes: list[int] = []
+    with running(create_app(cfg)) as url:
+        def call():
+            r = post(url, data)
+            codes.append(r.status_code)
+            if r.status_code == 503:
+                assert r.headers["retry-after"] == "1"
+
+        threads = [threading.Thread(target=call) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert httpx.get(url + "/healthz").status_code == 200
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}

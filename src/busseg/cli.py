@@ -130,7 +130,8 @@ def _serve(a: argparse.Namespace) -> int:
     from busseg.serve.app import ServeConfig, serve
 
     serve(a.host, a.port, ServeConfig(a.checkpoint, int(a.max_upload_mb * 2**20), a.max_pixels,
-                                      a.concurrency))
+                                      a.concurrency, a.queue, a.timeout, a.docs),
+          max_connections=a.max_connections)
     return 0
 
 
@@ -307,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest decoded image accepted (pixels)")
     s.add_argument("--concurrency", type=int, default=2, help="inferences at once")
+    s.add_argument("--queue", type=int, default=16,
+                   help="requests allowed to wait; more get 503 with Retry-After")
+    s.add_argument("--timeout", type=float, default=30.0, help="seconds per request (then 503)")
+    s.add_argument("--max-connections", type=int, default=256,
+                   help="open connections at most (uvicorn limit_concurrency)")
+    s.add_argument("--docs", action="store_true",
+                   help="serve /docs and /redoc (they load scripts from a CDN)")
     s.set_defaults(func=_serve)
 
     s = _verb(sub, "export", "export a model to ONNX")

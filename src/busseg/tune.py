@@ -125,7 +125,13 @@ def tune_postprocess(checkpoint: Path | str, val_dir: Path | str | None = None,
         preds, truths = preds_from_folder(checkpoint, val_dir)
     report = choose(preds, truths, progress=progress)
     report["source"] = f"out-of-fold predictions of {cv_dir}" if cv_dir else str(val_dir)
+    chosen = PostprocessSettings(**report["best"]["settings"])
     if write:
-        save_settings(PostprocessSettings(**report["best"]["settings"]), folder / SETTINGS_FILE)
+        save_settings(chosen, folder / SETTINGS_FILE)
         write_json(folder / "tune.json", report)
+    if cv_dir is not None and write:  # the OOF results under the chosen settings
+        from busseg.cv import load_oof, score_oof
+
+        claim([Path(cv_dir) / "oof" / "tuned"], overwrite)
+        report["oof_tuned"] = score_oof(Path(cv_dir), load_oof(cv_dir), chosen, "tuned")
     return report

@@ -25,6 +25,14 @@ from busseg.predict import lesion_stats, overlay_image
 from busseg.preprocess import to_gray01
 
 STATIC = Path(__file__).parent / "static"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' blob: data:; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
 
 
 @dataclass
@@ -35,6 +43,9 @@ class ServeConfig:
     max_upload_bytes: int = 20 * 2**20
     max_pixels: int = 40_000_000
     concurrency: int = 2
+    queue: int = 16
+    timeout_s: float = 30.0
+    docs: bool = False
 
 
 class Output(str, Enum):
@@ -58,6 +69,7 @@ class SegmentResult(BaseModel):
     bbox_xyxy: list[int] | None
     n_lesions: int
     mean_prob: float | None
+    lesion_score: float | None = None
     lesion_area_mm2: float | None
 
 
@@ -85,10 +97,20 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     loaded = load_model(cfg.checkpoint)
     forward = torch_forward(loaded)
     gate = asyncio.Semaphore(cfg.concurrency)
+    waiting = {"n": 0}
     app = FastAPI(title="busseg", version=__version__,
-                  description="Breast-ultrasound lesion segmentation (research use only).")
+                  description="Breast-ultrasound lesion segmentation (research use only).",
+                  docs_url="/docs" if cfg.docs else None,
+                  redoc_url="/redoc" if cfg.docs else None)
     errors = {400: {"model": ErrorBody}, 413: {"model": ErrorBody},
-              415: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+              415: {"model": ErrorBody}, 422: {"model": ErrorBody},
+              503: {"model": ErrorBody}}
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
 
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
@@ -122,8 +144,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         if output is Output.prob:
             return _png(Image.fromarray((prob * 255 + 0.5).astype(np.uint8)))
         stats = lesion_stats(mask, prob, scan.pixel_spacing_mm)
-        thr = loaded.threshold if threshold is None else threshold
-        return SegmentResult(model=loaded.name, version=__version__, threshold=thr, **stats)
+        return SegmentResult(model=loaded.name, version=__version__,
+                             threshold=settings.threshold, lesion_score=pred.score, **stats)
 
     @app.post("/v1/segment", response_model=SegmentResult, responses={
         **errors, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG"}})
@@ -152,18 +174,31 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         if not data:
             raise HTTPException(400, "empty upload")
         name = Path(file.filename or "upload").name
-        async with gate:  # bounded concurrency: at most `concurrency` inferences at once
-            return await run_in_threadpool(run_model, data, name, threshold, output)
+        if waiting["n"] >= cfg.queue + cfg.concurrency:
+            raise HTTPException(503, "busy: too many requests waiting; retry shortly")
+        waiting["n"] += 1
+        try:
+            async with gate:  # bounded concurrency: at most `concurrency` inferences at once
+                return await asyncio.wait_for(
+                    run_in_threadpool(run_model, data, name, threshold, output), cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"{name}: took longer than {cfg.timeout_s:.0f} s") from None
+        finally:
+            waiting["n"] -= 1
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
+                            headers=headers)
 
     return app
 
 
-def serve(host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None) -> None:
+def serve(host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
+          max_connections: int = 256) -> None:
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(config), host=host, port=port, log_level="info",
+                timeout_keep_alive=5, limit_concurrency=max_connections)
