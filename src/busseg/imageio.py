@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -10,6 +12,9 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+
+
+log = logging.getLogger("busseg.imageio")
 
 
 class ImageReadError(ValueError):
@@ -99,16 +104,26 @@ def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
     from pydicom.pixels import apply_modality_lut, convert_color_space
 
     path = Path(path)
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its reasons reach our error line
+    limit = max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS
     try:
-        ds = pydicom.dcmread(io.BytesIO(data) if data is not None else path)
-        rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
-        n = int(getattr(ds, "NumberOfFrames", 1) or 1)
-        if max_pixels is not None and rows * cols * n > max_pixels:
-            raise ImageReadError(path, f"DICOM has {n} frame(s) of {cols}x{rows} pixels, over the "
-                                       f"{max_pixels} limit")
-        arr = ds.pixel_array
+        raw = data if data is not None else path.read_bytes()
+        check_deflated_size(path, raw, limit)
+        with warnings.catch_warnings(record=True) as caught:  # kept per file, never printed
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=False)
+            rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
+            n = int(getattr(ds, "NumberOfFrames", 1) or 1)
+            if rows * cols * n > limit:
+                raise ImageReadError(path, f"DICOM has {n} frame(s) of {cols}x{rows} pixels, "
+                                           f"over the {limit} limit")
+            arr = ds.pixel_array
+        for w in caught:
+            log.debug("%s: %s", path, w.message)
     except ImageReadError:
         raise
+    except OSError as exc:
+        raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
     except InvalidDicomError as exc:
         raise ImageReadError(path, f"not a valid DICOM file ({exc})") from None
     except (AttributeError, KeyError):
@@ -124,8 +139,11 @@ def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
         arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
         if photometric == "MONOCHROME1":
             arr = arr.max() - arr
-    elif photometric.startswith("YBR"):
-        arr = convert_color_space(arr, photometric, "RGB")
+    elif photometric.startswith("YBR") and photometric not in ("YBR_RCT", "YBR_ICT"):
+        try:  # pydicom already converts decoded JPEG colour; others are converted here
+            arr = convert_color_space(arr, photometric, "RGB")
+        except (NotImplementedError, ValueError) as exc:
+            raise ImageReadError(path, f"colour space {photometric}: {exc}") from None
     spacing = _pixel_spacing(ds)
     chosen = _choose_frames(path, n_frames, frames)
     multi = n_frames > 1
@@ -136,17 +154,54 @@ def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
 
 
 def _pixel_spacing(ds) -> tuple[float, float] | None:
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = getattr(ds, key, None)
-        if value is not None and len(value) == 2:
-            return float(value[0]), float(value[1])
-    regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
-    if regions:
-        r = regions[0]
-        # units code 3 = cm; PhysicalDelta is cm per pixel
-        if getattr(r, "PhysicalUnitsXDirection", None) == 3:
-            return float(r.PhysicalDeltaY) * 10.0, float(r.PhysicalDeltaX) * 10.0
+    """Pixel spacing in mm (row, column); None when the file does not give a usable one."""
+    try:
+        for key in ("PixelSpacing", "ImagerPixelSpacing"):
+            value = getattr(ds, key, None)
+            if value is not None and len(value) == 2:
+                spacing = float(value[0]), float(value[1])
+                return spacing if all(0 < v < 1e3 for v in spacing) else None
+        regions = getattr(ds, "SequenceOfUltrasoundRegions", None)
+        if regions:
+            r = regions[0]
+            # units code 3 = cm; PhysicalDelta is cm per pixel
+            if getattr(r, "PhysicalUnitsXDirection", None) == 3:
+                spacing = float(r.PhysicalDeltaY) * 10.0, float(r.PhysicalDeltaX) * 10.0
+                return spacing if all(0 < v < 1e3 for v in spacing) else None
+    except (AttributeError, TypeError, ValueError, IndexError):
+        return None  # odd metadata means "no mm² figure", never an error
     return None
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"
+DEFAULT_MAX_PIXELS = 200_000_000
+
+
+def check_deflated_size(path: Path, raw: bytes, max_pixels: int) -> None:
+    """Refuse a deflated DICOM whose inflated data set would exceed what `max_pixels` frames of
+    8-bit RGB need, by inflating in bounded chunks before pydicom inflates it whole."""
+    import zlib
+
+    if len(raw) < 144 or raw[128:132] != b"DICM" or DEFLATED.encode() not in raw[132:1024]:
+        return
+    group_len = int.from_bytes(raw[140:144], "little")  # (0002,0000) UL value
+    body = raw[144 + group_len:]
+    budget = max_pixels * 3 + (1 << 20)  # 8-bit RGB or 16-bit gray frames, plus metadata
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total, pos, chunk = 0, 0, 1 << 16
+    try:
+        while pos < len(body) or inflater.unconsumed_tail:
+            data = inflater.unconsumed_tail or body[pos:pos + chunk]
+            if not inflater.unconsumed_tail:
+                pos += chunk
+            total += len(inflater.decompress(data, 1 << 20))
+            if total > budget:
+                raise ImageReadError(path, f"deflated DICOM inflates to over {budget} bytes, "
+                                           "more than the pixel limit allows")
+            if inflater.eof:
+                break
+    except zlib.error as exc:
+        raise ImageReadError(path, f"broken deflated DICOM data ({exc})") from None
 
 
 def _choose_frames(path: Path, n: int, frames: str) -> list[int]:
