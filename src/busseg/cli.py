@@ -91,7 +91,7 @@ def _predict(a: argparse.Namespace) -> int:
     r = predict(inputs, a.out, checkpoint=a.checkpoint, threshold=a.threshold, tta=a.tta,
                 save_prob=a.save_prob, overlay=a.overlay, device=a.device,
                 batch_size=a.batch_size, backend=a.backend, onnx_path=a.onnx, frames=a.frames,
-                overwrite=a.overwrite, include_masks=a.include_masks)
+                overwrite=a.overwrite, include_masks=a.include_masks, dicom_seg=a.dicom_seg)
     for e in r.errors:
         print(f"error: {e}", file=sys.stderr)
     print(f"segmented {len(r.rows)} image(s) into {a.out} ({len(r.errors)} failed, "
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DICOM frames: all, first, middle or indices like 0,5")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run (default: refuse)")
+    s.add_argument("--dicom-seg", action="store_true",
+                   help="for DICOM inputs also write <stem>_seg.dcm, a DICOM Segmentation")
     s.add_argument("--include-masks", action="store_true",
                    help="also segment files named like masks (<stem>_mask.png)")
     s.set_defaults(func=_predict)

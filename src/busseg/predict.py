@@ -48,7 +48,7 @@ def previous_outputs(out: Path) -> list[Path]:
 
 
 MASK_NAME = re.compile(r"_(mask|pred)(_\d+)?$")
-OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.png")
+OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.png", "_seg.dcm")
 
 
 def is_mask_name(path: Path) -> bool:
@@ -136,6 +136,15 @@ def _unique_name(scan: Scan, used: set[str]) -> str:
     return name
 
 
+def _model_id(checkpoint, onnx_path) -> tuple[str, str]:
+    """(name, SHA-256) of the weights file that segments."""
+    from busseg.checkpoint import DEFAULT_WEIGHTS
+    from busseg.dicomseg import file_sha256
+
+    path = Path(onnx_path or checkpoint or DEFAULT_WEIGHTS)
+    return path.stem, file_sha256(path)
+
+
 def predict(
     inputs: list[str],
     out: Path | str,
@@ -152,6 +161,7 @@ def predict(
     progress: bool = True,
     overwrite: bool = False,
     include_masks: bool = False,
+    dicom_seg: bool = False,
 ) -> PredictReport:
     """Segment every readable input; one bad file is reported and never stops the others.
 
@@ -169,6 +179,8 @@ def predict(
         raise ValueError(f"{out}: output folder holds input files; choose another --out")
     claim(previous_outputs(out), overwrite)
     forward, size, settings = make_forward(checkpoint, backend, onnx_path, device, out)
+    model_id = _model_id(checkpoint, onnx_path if backend == "onnx" else None) if dicom_seg \
+        else None
     if settings is None:
         if threshold is None:
             raise ValueError(f"{onnx_path}: the file carries no busseg settings (exported by "
@@ -204,6 +216,13 @@ def predict(
                 Image.fromarray((prob * 255 + 0.5).astype(np.uint8)).save(out / f"{name}_prob.png")
             if overlay:
                 overlay_image(gray, mask).save(out / f"{name}_overlay.png")
+            if dicom_seg and is_dicom(path):
+                try:
+                    from busseg.dicomseg import write_dicom_seg
+
+                    write_dicom_seg(path, mask, out / f"{name}_seg.dcm", *model_id)
+                except (ValueError, ImportError, AttributeError, TypeError) as exc:
+                    report.errors.append(f"{path}: no DICOM SEG written ({exc})")
             row = {"name": name, "file": str(path), "frame": scan.frame,
                    **lesion_stats(mask, prob, scan.pixel_spacing_mm),
                    "lesion_score": None if pred.score is None else round(pred.score, 4)}

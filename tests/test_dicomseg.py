@@ -1,0 +1,57 @@
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from synth import scan
+
+from busseg.predict import predict
+
+US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
+SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def _us_dicom(path, pixels):
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = US_IMAGE
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = US_IMAGE, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.PatientID, ds.Modality = "anon", "US"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = pixels.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return ds
+
+
+def test_dicom_seg_round_trip(tiny_run, tmp_path):
+    (tmp_path / "in").mkdir()
+    img, _ = scan(9, h=90, w=120)
+    src = _us_dicom(tmp_path / "in" / "study.dcm", img)
+    r = predict([str(tmp_path / "in")], tmp_path / "out", tiny_run / "unet_final.pt",
+                threshold=0.3, dicom_seg=True, progress=False)
+    assert r.errors == []
+    seg = pydicom.dcmread(tmp_path / "out" / "study_seg.dcm")
+    assert seg.SOPClassUID == SEG_STORAGE
+    ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+    assert ref.ReferencedSOPInstanceUID == src.SOPInstanceUID
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmName.startswith("busseg")
+    png = np.array(Image.open(tmp_path / "out" / "study_mask.png")) > 0
+    frame = seg.pixel_array.astype(bool)
+    frame = frame if frame.shape == png.shape else frame.reshape(png.shape)
+    assert np.array_equal(frame, png)
+
+
+def test_empty_mask_still_gives_a_seg(tiny_run, tmp_path):
+    (tmp_path / "in").mkdir()
+    _us_dicom(tmp_path / "in" / "blank.dcm", np.full((40, 50), 128, np.uint8))
+    r = predict([str(tmp_path / "in")], tmp_path / "out", tiny_run / "unet_final.pt",
+                threshold=1.0, dicom_seg=True, progress=False)
+    assert r.errors == []
+    seg = pydicom.dcmread(tmp_path / "out" / "blank_seg.dcm")
+    assert not seg.pixel_array.any()
