@@ -189,3 +189,32 @@ def test_full_queue_answers_503_with_retry_after(tiny_run):
             t.join()
         assert httpx.get(url + "/healthz").status_code == 200
     assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+
+
+def test_upload_limit_applies_while_the_body_streams(server):
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    sent = {"n": 0}
+
+    def chunks():
+        yield (b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+               b"Content-Type: image/png\r\n\r\n")
+        for _ in range(200):  # up to 200 MB of file content, chunked, never declared
+            sent["n"] += 1
+            yield b"\0" * (1 << 20)
+
+    t = time.perf_counter()
+    r = httpx.post(server + "/v1/segment", content=chunks(), timeout=60,
+                   headers={"content-type": "multipart/form-data; boundary=x"})
+    assert r.status_code == 413 and time.perf_counter() - t < 30
+    assert sent["n"] < 200  # the server stopped reading long before the end
+    # a declared Content-Length over the limit is refused before any body is sent
+    u = urlparse(server)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/segment HTTP/1.1\r\nHost: x\r\nContent-Length: 300000000\r\n"
+                     b"Content-Type: multipart/form-data; boundary=x\r\n\r\n")
+        head = sock.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 413")
+    assert httpx.get(server + "/healthz").status_code == 200

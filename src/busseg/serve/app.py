@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -83,6 +84,57 @@ def _png(img: Image.Image) -> Response:
     return Response(buf.getvalue(), media_type="image/png")
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: 413 as soon as a declared or streamed request body passes `limit`
+    bytes, before the rest is received or spooled to disk."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(send)
+        state = {"seen": 0, "over": False, "started": False}
+
+        async def limited_receive():
+            message = await receive()
+            if message["type"] == "http.request":
+                state["seen"] += len(message.get("body", b""))
+                if state["seen"] > self.limit:
+                    state["over"] = True
+                    raise _TooLarge
+            return message
+
+        async def guarded_send(message):
+            if state["over"]:  # whatever the app answers to the cut body, the answer is 413
+                if message["type"] == "http.response.start" and not state["started"]:
+                    state["started"] = True
+                    await self._reject(send)
+                return
+            state["started"] = state["started"] or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except _TooLarge:
+            if not state["started"]:
+                await self._reject(send)
+
+    async def _reject(self, send) -> None:
+        body = json.dumps({"detail": f"upload over the {self.limit}-byte limit"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
+                   *((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items())]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
 def _one_of(name: str, query, form):
     """A parameter given as a query parameter or a form field; both and different: 422."""
     if query is not None and form is not None and query != form:
@@ -105,6 +157,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     errors = {400: {"model": ErrorBody}, 413: {"model": ErrorBody},
               415: {"model": ErrorBody}, 422: {"model": ErrorBody},
               503: {"model": ErrorBody}}
+
+    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes + 64 * 1024)  # + multipart framing
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
