@@ -64,7 +64,7 @@ def _cv(a: argparse.Namespace) -> int:
                   f"{s['train_time_s'] / 60:.1f} min ({s.get('precision', 'fp32')})")
     if a.fold is None or a.gather_only:
         summary = gather_oof(a.out, a.data or "data", device=a.device or "cpu",
-                             overwrite=a.overwrite)
+                             overwrite=a.overwrite, progress=not a.no_progress)
         print(f"OOF lesion Dice {summary['dice']:.3f} over {summary['n_images']} scans; "
               f"wrote {a.out}/oof/")
     return 0
