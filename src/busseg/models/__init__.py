@@ -12,7 +12,7 @@ from busseg.models.unet import UNet
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     # The seed's classic U-Net: 64..1024 channels, ~31M parameters (with BatchNorm).
-    "unet_classic": lambda **kw: UNet(**{"width": 64, "depth": 4, **kw}),
+    "unet_classic": lambda **kw: UNet(**{"width": 64, "depth": 4, "stem_stride": 1, **kw}),
 }
 
 
