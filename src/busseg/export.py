@@ -130,16 +130,22 @@ def quantize_int8(fp32_path: Path | str, out: Path | str, batches: list) -> Path
         def get_next(self):
             return next(self.items, None)
 
+    import os
+    import tempfile
+
     root = logging.getLogger()
-    level = root.level
+    level, cwd = root.level, os.getcwd()
     root.setLevel(logging.ERROR)  # ORT suggests a shape pre-pass that dynamic sizes defeat
-    try:
-        quantize_static(str(fp32_path), str(out), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8,
-                        op_types_to_quantize=["Conv", "ConvTranspose"])
-    finally:
-        root.setLevel(level)
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)  # ORT's calibration leaves external-data files in the working folder
+        try:
+            quantize_static(str(Path(fp32_path).resolve()), str(Path(cwd, out).resolve()),
+                            Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            op_types_to_quantize=["Conv", "ConvTranspose"])
+        finally:
+            os.chdir(cwd)
+            root.setLevel(level)
     src, dst = onnx.load(str(fp32_path)), onnx.load(str(out))
     del dst.metadata_props[:]
     for p in src.metadata_props:
