@@ -20,8 +20,9 @@ def report_html(tiny_run, prepared, tmp_path_factory):
 
 def test_report_is_self_contained(report_html):
     text = report_html.read_text()
-    assert text.count("data:image/png;base64,") == 5
-    for needle in ("Final performance", "Training curves", "Per-image results", "Dice per class"):
+    assert text.count("data:image/png;base64,") == 6
+    for needle in ("Final performance", "Training curves", "Per-image results", "Dice per class",
+                   "Results by group"):
         assert needle in text
     assert "http://" not in text and "https://" not in text  # nothing fetched from outside
 
@@ -34,7 +35,7 @@ def test_report_in_real_browser(report_html, tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["console_errors"] == []
-    assert result["images_loaded"] == 5
+    assert result["images_loaded"] == 6
     assert result["sorted_ascending"] and result["sorted_descending"]
 
 
@@ -56,3 +57,22 @@ def test_notebook_runs_headless(tiny_run, prepared, tmp_path):
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
                    for o in c.outputs)
     assert "parameters" in text and "mean Dice" in text
+
+
+def test_report_groups_by_a_table_column(tiny_run, prepared, tmp_path):
+    import csv
+
+    from busseg.data.dataset import list_pairs
+
+    names = [img.stem for img, _ in list_pairs(prepared / "test")]
+    with open(tmp_path / "g.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["name", "site"])
+        writer.writerows([n, "A" if i % 2 else "B"] for i, n in enumerate(names))
+    from busseg.report import collect_results
+
+    r = collect_results(tiny_run, prepared / "test", progress=False, groups=tmp_path / "g.csv",
+                        group_by=["site"])
+    per = r.summary["per_group"]
+    assert set(per) == {"lesion_size", "site"} and set(per["site"]) <= {"A", "B"}
+    assert sum(v["n"] for v in per["site"].values()) == r.summary["n_images"]

@@ -122,7 +122,9 @@ def _fmt(v) -> str:
 def _report(a: argparse.Namespace) -> int:
     from busseg.report import build_report
 
-    print(f"wrote {build_report(a.run_dir, a.data, a.out, overwrite=a.overwrite)}")
+    path = build_report(a.run_dir, a.data, a.out, overwrite=a.overwrite, groups=a.groups,
+                        group_by=a.group_by)
+    print(f"wrote {path}")
     return 0
 
 
@@ -298,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir", nargs="?", help="run folder (default: the shipped model)")
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
     s.add_argument("--out", default="report.html", help="the HTML file to write")
+    s.add_argument("--groups", help="CSV with a 'name' column and columns to group results by")
+    s.add_argument("--group-by", action="append", metavar="COLUMN",
+                   help="a column of --groups to show results by (repeatable)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace the outputs of an earlier run (default: refuse)")
     s.set_defaults(func=_report)

@@ -48,6 +48,27 @@ def curves_figure(history: dict[str, np.ndarray]):
     return fig
 
 
+def groups_figure(per_group: dict):
+    """Mean Dice with its 95% CI per value of each grouping (lesion size, scanner, ...)."""
+    columns = [c for c, values in per_group.items() if values]
+    n_rows = sum(len(per_group[c]) for c in columns)
+    fig, axes = plt.subplots(len(columns), 1, figsize=(7, 0.45 * n_rows + 1.2 * len(columns)),
+                             squeeze=False)
+    for ax, column in zip(axes[:, 0], columns):
+        values = per_group[column]
+        labels = [f"{v} (n={s['n']})" for v, s in values.items()]
+        dice = np.array([s["dice"] for s in values.values()])
+        ci = np.array([s["dice_ci95"] for s in values.values()], dtype=float)
+        err = np.vstack([dice - ci[:, 0], ci[:, 1] - dice])
+        ax.barh(range(len(dice)), dice, xerr=err, color="#4c78a8", capsize=3)
+        ax.set_yticks(range(len(dice)), labels)
+        ax.set_xlim(0, 1)
+        ax.set_title(f"Dice by {column}", fontsize=10, loc="left")
+        ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def dice_distribution_figure(rows: list[dict]):
     """Per-image Dice per class as box plots with the points over them."""
     classes = [c for c in ("benign", "malignant", "normal", "unknown")

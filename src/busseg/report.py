@@ -19,6 +19,7 @@ from busseg.figures import (
     curves_figure,
     data_overview_figure,
     dice_distribution_figure,
+    groups_figure,
     load_history,
     pick_cases,
     to_data_uri,
@@ -72,7 +73,8 @@ class RunResults:
 
 
 def collect_results(run_dir: Path | str | None, data: Path | str,
-                    progress: bool = True) -> RunResults:
+                    progress: bool = True, groups: Path | str | None = None,
+                    group_by: list[str] | None = None) -> RunResults:
     """Evaluate a run's best model (None: the shipped model) on `data`, keep what figures need."""
     run = Path(run_dir) if run_dir is not None else SHIPPED_RUN
     ckpt = run / "unet_final.pt" if run_dir is not None else None
@@ -89,24 +91,27 @@ def collect_results(run_dir: Path | str | None, data: Path | str,
         thumbs[row["name"]] = (_small(gray), _small(truth) >= 0.5, _small(pred) >= 0.5)
 
     with tempfile.TemporaryDirectory() as tmp:
-        summary = evaluate(ckpt, data, tmp, progress=progress, on_image=on_image)
+        summary = evaluate(ckpt, data, tmp, progress=progress, on_image=on_image,
+                           groups=groups, group_by=group_by)
     return RunResults(run, Path(data), summary, rows, history, model_summary(loaded),
                       reliability, thumbs)
 
 
 def build_report(run_dir: Path | str | None, data: Path | str, out: Path | str,
-                 progress: bool = True, overwrite: bool = False) -> Path:
+                 progress: bool = True, overwrite: bool = False,
+                 groups: Path | str | None = None, group_by: list[str] | None = None) -> Path:
     """Evaluate the run's model on `data` and write the self-contained HTML report to `out`."""
     from busseg.safety import claim
 
     claim([out], overwrite)
-    r = collect_results(run_dir, data, progress)
+    r = collect_results(run_dir, data, progress, groups, group_by)
     figs = {
         "curves": to_data_uri(curves_figure(r.history)),
         "overview": to_data_uri(data_overview_figure(r.rows)),
         "cases": to_data_uri(cases_figure(r.cases())),
         "dice": to_data_uri(dice_distribution_figure(r.rows)),
         "reliability": to_data_uri(r.reliability.figure()),
+        "groups": to_data_uri(groups_figure(r.summary["per_group"])),
     }
     page = _html(r.run, r.data, r.summary, r.rows, r.arch, figs, r.reliability.ece())
     out = Path(out)
@@ -163,6 +168,7 @@ image · config <code>{html.escape(str(arch['config']))}</code></p>
 <h2>Training curves</h2><img alt="training curves" src="{figs['curves']}">
 <h2>Predictions beside ground truth</h2><img alt="example cases" src="{figs['cases']}">
 <h2>Dice per class</h2><img alt="Dice distribution" src="{figs['dice']}">
+<h2>Results by group</h2><img alt="Dice by group" src="{figs['groups']}">
 <h2>Calibration</h2><img alt="reliability diagram" src="{figs['reliability']}">
 <h2>Per-image results</h2>
 <p>Click a column header to sort.</p>
