@@ -76,3 +76,10 @@ def test_report_groups_by_a_table_column(tiny_run, prepared, tmp_path):
     per = r.summary["per_group"]
     assert set(per) == {"lesion_size", "site"} and set(per["site"]) <= {"A", "B"}
     assert sum(v["n"] for v in per["site"].values()) == r.summary["n_images"]
+
+
+def test_report_size_figure_uses_the_original_sizes(prepared):
+    from busseg.report import original_sizes
+
+    sizes = original_sizes(prepared / "test")
+    assert sizes and all(hw == (96, 112) for hw in sizes.values())  # synthetic scans' own size

@@ -148,8 +148,10 @@ def cases_figure(cases: list[tuple[str, dict, np.ndarray, np.ndarray, np.ndarray
     return fig
 
 
-def data_overview_figure(rows: list[dict]):
-    """Class counts and original image sizes of an evaluated folder."""
+def data_overview_figure(rows: list[dict], sizes: dict[str, tuple[int, int]] | None = None):
+    """Class counts and image sizes of an evaluated folder: the original (height, width) from
+    `sizes` (the prepared data's manifest) where known, else the size evaluated."""
+    sizes = sizes or {}
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     classes = sorted({r["class"] for r in rows})
     counts = [sum(r["class"] == c for r in rows) for c in classes]
@@ -158,11 +160,13 @@ def data_overview_figure(rows: list[dict]):
     a.set_title("Images per class")
     for c in classes:
         sub = [r for r in rows if r["class"] == c]
-        b.scatter([r["width"] for r in sub], [r["height"] for r in sub], s=12, label=c,
+        hw = [sizes.get(r["name"], (r["height"], r["width"])) for r in sub]
+        b.scatter([w for _, w in hw], [h for h, _ in hw], s=12, label=c,
                   color=CLASS_COLORS.get(c, "gray"))
     b.set_xlabel("width (px)")
     b.set_ylabel("height (px)")
-    b.set_title("Original image sizes")
+    known = sum(r["name"] in sizes for r in rows)
+    b.set_title("Original image sizes" if known == len(rows) else "Image sizes (as evaluated)")
     b.legend()
     b.grid(alpha=0.3)
     fig.tight_layout()

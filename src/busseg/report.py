@@ -97,6 +97,19 @@ def collect_results(run_dir: Path | str | None, data: Path | str,
                       reliability, thumbs)
 
 
+def original_sizes(data: Path | str) -> dict[str, tuple[int, int]]:
+    """(height, width) before resizing, from the manifest `busseg prepare` wrote beside the
+    split folder (empty when there is none)."""
+    import csv
+
+    manifest = Path(data).parent / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline="") as fh:
+        return {r["name"]: (int(r["orig_height"]), int(r["orig_width"]))
+                for r in csv.DictReader(fh) if r.get("orig_height") and r.get("orig_width")}
+
+
 def build_report(run_dir: Path | str | None, data: Path | str, out: Path | str,
                  progress: bool = True, overwrite: bool = False,
                  groups: Path | str | None = None, group_by: list[str] | None = None) -> Path:
@@ -107,7 +120,7 @@ def build_report(run_dir: Path | str | None, data: Path | str, out: Path | str,
     r = collect_results(run_dir, data, progress, groups, group_by)
     figs = {
         "curves": to_data_uri(curves_figure(r.history)),
-        "overview": to_data_uri(data_overview_figure(r.rows)),
+        "overview": to_data_uri(data_overview_figure(r.rows, original_sizes(data))),
         "cases": to_data_uri(cases_figure(r.cases())),
         "dice": to_data_uri(dice_distribution_figure(r.rows)),
         "reliability": to_data_uri(r.reliability.figure()),
