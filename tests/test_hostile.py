@@ -70,6 +70,40 @@ print(json.dumps({{'status': r.status_code, 'grew_mb': hwm() - before, 'alive': 
     assert out["grew_mb"] < 500, out
 
 
+def test_large_rgb_upload_keeps_memory_bounded(tmp_path, tiny_run):
+    """A 117 KB PNG of 6324x6324 RGB (40 megapixels, under the default limit) is segmented
+    with server peak memory (VmHWM) growing by less than 500 MB."""
+    import numpy as np
+    from PIL import Image
+
+    big = np.zeros((6324, 6324, 3), np.uint8)
+    big[1000:2000, 1000:3000] = 200
+    Image.fromarray(big).save(tmp_path / "big.png", optimize=True)
+    del big
+    script = f"""
+import httpx, json
+from serving import running
+from busseg.serve.app import ServeConfig, create_app
+def hwm():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmHWM'):
+            return int(line.split()[1]) / 1024
+cfg = ServeConfig({str(tiny_run / 'unet_final.pt')!r})
+with running(create_app(cfg)) as url:
+    small = open({str(Path(__file__).parent.parent / 'src/busseg/samples/benign_118.png')!r}, 'rb')
+    httpx.post(url + '/v1/segment', files={{'file': ('s.png', small.read())}}, timeout=120)
+    before = hwm()
+    data = open({str(tmp_path / 'big.png')!r}, 'rb').read()
+    r = httpx.post(url + '/v1/segment', files={{'file': ('big.png', data)}}, timeout=300)
+print(json.dumps({{'status': r.status_code, 'grew_mb': hwm() - before}}))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=600, cwd=Path(__file__).parent)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["status"] == 200 and out["grew_mb"] < 500, out
+
+
 def test_odd_ultrasound_region_gives_no_mm_figure(tmp_path):
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset

@@ -13,9 +13,22 @@ import torch
 import torch.nn.functional as F
 
 
+def _rgb8_to_gray01(arr: np.ndarray, rows: int = 256) -> np.ndarray:
+    """8-bit RGB(A) to gray [0, 1] in row blocks, so a large scan needs one float32 plane of
+    memory, not three float64 ones (the same numbers as the one-shot formula)."""
+    weights = np.array([0.299, 0.587, 0.114])
+    out = np.empty(arr.shape[:2], np.float32)
+    for r in range(0, arr.shape[0], rows):
+        out[r:r + rows] = (arr[r:r + rows, :, :3].astype(np.float64) @ weights).astype(np.float32)
+    out /= np.float32(255.0)
+    return out
+
+
 def to_gray01(image: np.ndarray) -> np.ndarray:
     """Return a 2-D float32 image in [0, 1] from gray, RGB, RGBA, bool, integer or float input."""
     arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8 and arr.size:
+        return _rgb8_to_gray01(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
         src_dtype = np.asarray(image).dtype
@@ -36,7 +49,7 @@ def to_gray01(image: np.ndarray) -> np.ndarray:
         else:  # 16/32-bit scans rarely use the full range: stretch what is there
             out = _minmax(arr.astype(np.float32))
     else:
-        out = arr.astype(np.float32)
+        out = arr.astype(np.float32, copy=False)  # already gray float32: no second copy
         if not np.isfinite(out).all():
             raise ValueError("image holds NaN or infinite values")
         if out.min() < 0.0 or out.max() > 1.0:

@@ -181,6 +181,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         try:
             scan = read_upload(data, name, frames="first", max_pixels=cfg.max_pixels)[0]
             gray = to_gray01(scan.pixels)
+            spacing = scan.pixel_spacing_mm
+            del scan  # the decoded pixels are not needed any more: keep peak memory low
         except ImageReadError as exc:
             code = 413 if "limit" in exc.reason or "too large" in exc.reason else 422
             raise HTTPException(code, f"{name}: {exc.reason}") from None
@@ -197,7 +199,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             return _png(Image.fromarray((gray * 255 + 0.5).astype(np.uint8)))
         if output is Output.prob:
             return _png(Image.fromarray((prob * 255 + 0.5).astype(np.uint8)))
-        stats = lesion_stats(mask, prob, scan.pixel_spacing_mm)
+        stats = lesion_stats(mask, prob, spacing)
         return SegmentResult(model=loaded.name, version=__version__,
                              threshold=settings.threshold, lesion_score=pred.score, **stats)
 
