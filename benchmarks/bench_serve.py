@@ -12,18 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from serving import running  # noqa: E402
-
-from busseg.predict import sample_files  # noqa: E402
-from busseg.serve.app import ServeConfig, create_app  # noqa: E402
+from busseg.predict import sample_files
+from busseg.serve.app import ServeConfig, create_app
+from busseg.serve.background import running
 
 
 def load(url: str, data: bytes, clients: int, total: int, seconds: float) -> dict:

@@ -47,7 +47,7 @@ def test_bomb_in_the_service_keeps_memory_bounded(tmp_path, tiny_run):
     bomb = _deflated_bomb(tmp_path / "bomb.dcm", 2000)
     script = f"""
 import httpx, json
-from serving import running
+from busseg.serve.background import running
 from busseg.serve.app import ServeConfig, create_app
 def hwm():
     for line in open('/proc/self/status'):
@@ -82,7 +82,7 @@ def test_large_rgb_upload_keeps_memory_bounded(tmp_path, tiny_run):
     del big
     script = f"""
 import httpx, json
-from serving import running
+from busseg.serve.background import running
 from busseg.serve.app import ServeConfig, create_app
 def hwm():
     for line in open('/proc/self/status'):

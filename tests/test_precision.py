@@ -29,3 +29,18 @@ def test_auto_on_this_cpu_follows_flags_and_probe():
         assert info["probe"]["fp32_s_per_step"] > 0 and info["probe"]["bf16_s_per_step"] > 0
         assert (dtype is torch.bfloat16) == (info["probe"]["bf16_speedup"] >= 1.15)
     assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients
+
+
+def test_a_resumed_run_keeps_its_precision(prepared, tmp_path):
+    import json
+
+    from busseg.config import resolve_config
+    from busseg.train import train
+
+    base = [f"data={prepared}", f"out={tmp_path}", "size=32", "batch_size=4",
+            "model.width=4", "model.depth=2", "progress=false"]
+    train(resolve_config(None, base + ["epochs=1", "amp=bf16"]))
+    summary = train(resolve_config(None, base + ["epochs=2", "amp=auto"]), resume=True)
+    recorded = json.loads((tmp_path / "precision.json").read_text())
+    assert recorded["precision"] == "bf16" and recorded["reason"].startswith("resumed run")
+    assert summary["precision"] == "bf16" and summary["epochs_run"] == 2

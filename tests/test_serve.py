@@ -8,10 +8,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from serving import running
 from synth import scan
 
 from busseg.serve.app import ServeConfig, create_app
+from busseg.serve.background import running
 
 
 def _png(arr) -> bytes:

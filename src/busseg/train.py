@@ -249,7 +249,12 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(model) if cfg.ema > 0 else None
-    dtype, precision = choose_precision(cfg.amp, device, model, cfg.size)
+    recorded = out / "precision.json"
+    if resume and cfg.amp == "auto" and recorded.is_file():  # a resumed run keeps its precision
+        dtype, precision = choose_precision(json.loads(recorded.read_text())["precision"], device)
+        precision["reason"] = "resumed run: " + precision["reason"]
+    else:
+        dtype, precision = choose_precision(cfg.amp, device, model, cfg.size)
     if info.main:
         log.info("precision: %s (%s)", precision["precision"], precision["reason"])
         (out / "precision.json").write_text(json.dumps(precision, indent=1))

@@ -1,17 +1,20 @@
-"""Start a real uvicorn server on a free loopback port in a background thread."""
+"""Run the app with a real uvicorn server on a free loopback port in a background thread
+(tests, benchmarks, notebooks): `with running(create_app()) as url: ...`."""
 
 from __future__ import annotations
 
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 
-import httpx
 import uvicorn
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -19,6 +22,7 @@ def free_port() -> int:
 
 @contextmanager
 def running(app):
+    """Serve `app` until the block ends; yields its base URL once /healthz answers."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -27,9 +31,10 @@ def running(app):
     deadline = time.time() + 30
     while time.time() < deadline:
         try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
+            with urllib.request.urlopen(url + "/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except (urllib.error.URLError, OSError):
             time.sleep(0.1)
     try:
         yield url
