@@ -167,6 +167,11 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def _add_overwrite(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the outputs of an earlier run (default: refuse)")
+
+
 def _verb(sub, name: str, text: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
 
@@ -192,8 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--include-normal", action="store_true", help="add normal images (empty masks)")
     s.add_argument("--twin-threshold", type=float, default=0.90,
                    help="thumbnail correlation at which two images count as near-duplicates")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run (default: refuse)")
+    _add_overwrite(s)
     s.set_defaults(func=_prepare)
 
     s = _verb(sub, "train", "train a model (config file + overrides)")
@@ -216,8 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override any config key, e.g. --set model.width=24 (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run (default: refuse)")
+    _add_overwrite(s)
     s.set_defaults(func=_train)
 
     s = _verb(sub, "cv", "k-fold cross-validation over train + val; out-of-fold results")
@@ -235,8 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--gather-only", action="store_true",
                    help="only gather the finished folds' out-of-fold predictions")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run (default: refuse)")
+    _add_overwrite(s)
     s.set_defaults(func=_cv)
 
     s = _verb(sub, "evaluate", "score a model on a folder of images and masks")
@@ -257,8 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--group-by", action="append", metavar="COLUMN",
                    help="a column of --groups to report results by (repeatable)")
     s.add_argument("--device", default="cpu", help="cpu or cuda")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run (default: refuse)")
+    _add_overwrite(s)
     s.set_defaults(func=_evaluate)
 
     s = _verb(sub, "predict", "segment new scans (PNG, JPEG, BMP, TIFF, DICOM)")
@@ -278,8 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--onnx", help="an exported .onnx file for --backend onnx")
     s.add_argument("--frames", default="all",
                    help="DICOM frames: all, first, middle or indices like 0,5")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run (default: refuse)")
+    _add_overwrite(s)
     s.add_argument("--dicom-seg", action="store_true",
                    help="for DICOM inputs also write <stem>_seg.dcm, a DICOM Segmentation")
     s.add_argument("--include-masks", action="store_true",
@@ -292,8 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = s.add_mutually_exclusive_group(required=True)
     src.add_argument("--cv", help="cross-validation folder: choose on its out-of-fold results")
     src.add_argument("--data", help="or a validation folder (never the test set)")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run (default: refuse)")
+    _add_overwrite(s)
     s.set_defaults(func=_tune)
 
     s = _verb(sub, "report", "self-contained HTML report of a run")
@@ -303,8 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--groups", help="CSV with a 'name' column and columns to group results by")
     s.add_argument("--group-by", action="append", metavar="COLUMN",
                    help="a column of --groups to show results by (repeatable)")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run (default: refuse)")
+    _add_overwrite(s)
     s.set_defaults(func=_report)
 
     s = _verb(sub, "serve", "web demo and HTTP inference service (FastAPI)")
@@ -333,8 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ONNX only: static int8 quantization calibrated on training scans")
     s.add_argument("--calibration", help="folder of scans for --int8 "
                    "(default: data/train/images)")
-    s.add_argument("--overwrite", action="store_true",
-                   help="replace the outputs of an earlier run (default: refuse)")
+    _add_overwrite(s)
     s.set_defaults(func=_export)
     return p
 
