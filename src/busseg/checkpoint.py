@@ -73,6 +73,15 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def checkpoint_meta(ckpt: dict) -> dict:
+    """What inference needs from a `.pt` checkpoint dict (model config, size, settings keys)."""
+    cfg = ckpt.get("config", {})
+    return {"model": cfg.get("model", {}), "size": cfg.get("size", 256),
+            "threshold": ckpt.get("threshold", cfg.get("threshold", 0.5)),
+            "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
+            "provenance": ckpt.get("provenance"), **ckpt.get("postprocess", {})}
+
+
 def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> LoadedModel:
     """Load a `.pt` checkpoint or `.safetensors` weights (None: the shipped default model)."""
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_WEIGHTS
@@ -97,11 +106,7 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
         if not isinstance(ckpt, dict) or "model_state" not in ckpt:
             raise ValueError(f"{path}: not a busseg checkpoint (no model_state)")
         state = ckpt["model_state"]
-        cfg = ckpt.get("config", {})
-        meta = {"model": cfg.get("model", {}), "size": cfg.get("size", 256),
-                "threshold": ckpt.get("threshold", cfg.get("threshold", 0.5)),
-                "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
-                "provenance": ckpt.get("provenance"), **ckpt.get("postprocess", {})}
+        meta = checkpoint_meta(ckpt)
     net = build_from_config(meta.get("model", {}))
     try:
         net.load_state_dict(state)
@@ -138,11 +143,11 @@ def export_safetensors(checkpoint: Path | str, out: Path | str, name: str | None
 
     claim([out, run_dir_of(out)], overwrite)
     name = name or Path(out).stem
-    loaded = load_model(checkpoint)
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     cfg = ckpt["config"]
+    settings = settings_for(Path(checkpoint), checkpoint_meta(ckpt))
     meta = {"name": name, "model": cfg["model"], "size": cfg["size"],
-            "threshold": loaded.settings.threshold, "postprocess": loaded.settings.to_dict(),
+            "threshold": settings.threshold, "postprocess": settings.to_dict(),
             "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
             "provenance": ckpt.get("provenance"), **(extra or {})}
     state = {k: v.contiguous() for k, v in ckpt["model_state"].items()}

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from busseg.config import TrainConfig
-from busseg.data.dataset import TensorSplit, load_pairs
+from busseg.data.dataset import TensorSplit, list_pairs, load_pairs
 from busseg.data.split import assign_groups
 from busseg.jsonio import write_json
 from busseg.postprocess import PostprocessSettings, plain_settings
@@ -35,23 +35,18 @@ def read_pool(data: Path | str) -> list[dict]:
         raise FileNotFoundError(f"{manifest}: not found (run `busseg prepare` first)")
     with open(manifest, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] in POOL_SPLITS]
+    if not rows:
+        raise ValueError(f"{manifest}: no train or val rows")
+    files = {split: {img.stem: (img, mask) for img, mask in list_pairs(data / split)}
+             for split in {r["split"] for r in rows}}
     pool = []
     for r in rows:
-        img = next(iter(sorted((data / r["split"] / "images").glob(f"{_glob(r['name'])}.*"))),
-                   None)
-        if img is None:
+        if r["name"] not in files[r["split"]]:
             raise FileNotFoundError(f"{data / r['split'] / 'images'}: no image for {r['name']!r}")
-        mask = data / r["split"] / "masks" / f"{img.stem}_mask.png"
-        pool.append({"name": img.stem, "class": r["class"], "group": r["group"],
+        img, mask = files[r["split"]][r["name"]]
+        pool.append({"name": r["name"], "class": r["class"], "group": r["group"],
                      "image": str(img), "mask": str(mask)})
-    if not pool:
-        raise ValueError(f"{manifest}: no train or val rows")
     return pool
-
-
-def _glob(name: str) -> str:
-    """Escape glob specials (BUSI names hold parentheses, which glob treats literally anyway)."""
-    return "".join(f"[{c}]" if c in "*?[]" else c for c in name)
 
 
 def assign_folds(pool: list[dict], k: int = 5, seed: int = 0) -> dict[str, int]:
@@ -63,14 +58,17 @@ def assign_folds(pool: list[dict], k: int = 5, seed: int = 0) -> dict[str, int]:
     return {r["name"]: p for r, p in zip(pool, parts)}
 
 
-def fold_splits(pool: list[dict], folds: dict[str, int], fold: int,
-                size: int) -> tuple[TensorSplit, TensorSplit]:
-    """(train, held-out) images of one fold, in memory at `size`."""
-    def pairs(keep):
-        return [(Path(r["image"]), Path(r["mask"])) for r in pool if keep(folds[r["name"]])]
+def load_pool(pool: list[dict], size: int) -> TensorSplit:
+    """Every pool image in memory at `size`, in pool order."""
+    return load_pairs([(Path(r["image"]), Path(r["mask"])) for r in pool], size)
 
-    return (load_pairs(pairs(lambda f: f != fold), size),
-            load_pairs(pairs(lambda f: f == fold), size))
+
+def fold_splits(images: TensorSplit, folds: dict[str, int],
+                fold: int) -> tuple[TensorSplit, TensorSplit]:
+    """(train, held-out) images of one fold, taken from the loaded pool."""
+    held = [folds[n] == fold for n in images.names]
+    return (images.subset([i for i, h in enumerate(held) if not h]),
+            images.subset([i for i, h in enumerate(held) if h]))
 
 
 def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed: int) -> None:
@@ -106,6 +104,7 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
     folds = assign_folds(pool, k, seed)
     write_folds(out, pool, folds, k, seed)
     summaries = []
+    images = None  # loaded once, when the first fold needs training
     for fold in only if only is not None else range(k):
         if not 0 <= fold < k:
             raise ValueError(f"fold {fold} out of range 0-{k - 1}")
@@ -115,8 +114,9 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
             resume = (fold_dir / "last.pt").is_file()
             log.info("fold %d/%d: %s", fold, k, "resuming" if resume else "training")
             t0 = time.time()
+            images = images if images is not None else load_pool(pool, cfg.size)
             # an unfinished fold with no epoch saved holds only this command's own start files
-            train(fold_cfg, resume=resume, splits=fold_splits(pool, folds, fold, cfg.size),
+            train(fold_cfg, resume=resume, splits=fold_splits(images, folds, fold),
                   overwrite=not resume)
             log.info("fold %d finished in %.1f min (this session)", fold, (time.time() - t0) / 60)
         summaries.append({"fold": fold, **json.loads(

@@ -23,6 +23,8 @@ from busseg.safety import claim, existing, inside
 
 log = logging.getLogger("busseg.predict")
 SAMPLES_DIR = Path(__file__).parent / "samples"
+MASK_NAME = re.compile(r"_(mask|pred)(_\d+)?$")
+OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.png", "_seg.dcm")
 
 
 @dataclass
@@ -45,10 +47,6 @@ def previous_outputs(out: Path) -> list[Path]:
             names = []
         paths += [out / f"{n}{suffix}" for n in names for suffix in OUTPUT_SUFFIXES]
     return paths
-
-
-MASK_NAME = re.compile(r"_(mask|pred)(_\d+)?$")
-OUTPUT_SUFFIXES = ("_mask.png", "_prob.png", "_overlay.png", "_seg.dcm")
 
 
 def is_mask_name(path: Path) -> bool:

@@ -55,13 +55,15 @@ def choose(preds: dict[bool, tuple[list[np.ndarray], list[float | None]]],
            progress: bool = True) -> dict:
     """Grid-search the settings on predictions `{tta: (probs, scores)}` against `truths`."""
     lesion = np.array([t.any() for t in truths])
+    gates = {}  # the presence threshold depends on the scores alone: one per TTA choice
+    for tta, (_, scores) in preds.items():
+        sc = np.array([np.nan if s is None else s for s in scores], dtype=float)
+        gates[tta] = presence_threshold(sc[lesion], max_missed) if lesion.any() else None
     results = []
     grid = list(itertools.product(preds, THRESHOLDS, MIN_AREAS, (False, True)))
     for tta, thr, area, largest in tqdm(grid, desc="tune", unit="setting", disable=not progress):
         probs, scores = preds[tta]
-        sc = np.array([np.nan if s is None else s for s in scores], dtype=float)
-        gate = presence_threshold(sc[lesion], max_missed) if lesion.any() else None
-        settings = PostprocessSettings(threshold=thr, tta=tta, presence_threshold=gate,
+        settings = PostprocessSettings(threshold=thr, tta=tta, presence_threshold=gates[tta],
                                        min_area_frac=area, keep_largest=largest)
         dice, empty = _score_setting(probs, scores, truths, settings)
         results.append({
