@@ -1,7 +1,7 @@
 import torch
 
 from busseg.models import create_model
-from busseg.precision import choose_precision, cpu_flags, native_bf16
+from busseg.precision import choose_precision, cpu_flags, native_bf16, probe_bf16
 
 
 def test_forced_and_cuda_choices_need_no_probe():
@@ -29,6 +29,18 @@ def test_auto_on_this_cpu_follows_flags_and_probe():
         assert info["probe"]["fp32_s_per_step"] > 0 and info["probe"]["bf16_s_per_step"] > 0
         assert (dtype is torch.bfloat16) == (info["probe"]["bf16_speedup"] >= 1.15)
     assert all(p.grad is None for p in model.parameters())  # the probe leaves no gradients
+
+
+def test_the_probe_leaves_model_and_rng_untouched():
+    model = create_model("unet", width=4, depth=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    model.eval()
+    probe = probe_bf16(model, size=32, steps=1)
+    assert probe["fp32_s_per_step"] > 0
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm stats included
+    assert torch.equal(rng, torch.get_rng_state()) and not model.training
 
 
 def test_a_resumed_run_keeps_its_precision(prepared, tmp_path):

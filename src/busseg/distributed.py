@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -73,5 +74,8 @@ def barrier(info: DistInfo) -> None:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group once every rank is done and the DDP wrappers are freed."""
     if info.enabled and dist.is_initialized():
+        gc.collect()  # DDP reducers hold the group: free them before it goes
+        dist.barrier()
         dist.destroy_process_group()

@@ -9,6 +9,7 @@ shows bf16 faster than fp32. The choice and the probe's figures go into the run 
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from pathlib import Path
 
@@ -60,10 +61,13 @@ def _step_time(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, ste
 
 
 def probe_bf16(model: nn.Module, size: int, batch: int = 4, steps: int = 3) -> dict[str, float]:
-    """Time a few training steps of `model` (a copy is not made: gradients are cleared) in fp32
-    and in bf16 autocast on the CPU; return seconds per step and the speed-up."""
-    x = torch.rand(batch, 1, size, size).contiguous(memory_format=torch.channels_last)
-    model.train()
+    """Time a few training steps of a copy of `model` in fp32 and in bf16 autocast on the CPU
+    (the model itself, its BatchNorm statistics and the global RNG stay untouched); return
+    seconds per step and the speed-up."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 1, size, size, generator=gen).contiguous(
+        memory_format=torch.channels_last)
+    model = copy.deepcopy(model).train()
     fp32 = _step_time(model, x, None, steps)
     bf16 = _step_time(model, x, torch.bfloat16, steps)
     return {"fp32_s_per_step": fp32, "bf16_s_per_step": bf16, "bf16_speedup": fp32 / bf16}

@@ -255,6 +255,9 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
         precision["reason"] = "resumed run: " + precision["reason"]
     else:
         dtype, precision = choose_precision(cfg.amp, device, model, cfg.size)
+    if broadcast_flag(dtype is not None, info, device) != (dtype is not None):
+        # every rank trains in rank 0's precision (each rank's probe may time differently)
+        dtype = None if dtype is not None else torch.bfloat16
     if info.main:
         log.info("precision: %s (%s)", precision["precision"], precision["reason"])
         (out / "precision.json").write_text(json.dumps(precision, indent=1))
