@@ -83,3 +83,31 @@ def test_report_size_figure_uses_the_original_sizes(prepared):
 
     sizes = original_sizes(prepared / "test")
     assert sizes and all(hw == (96, 112) for hw in sizes.values())  # synthetic scans' own size
+
+
+def test_report_reuses_an_evaluation_of_the_same_model(tiny_run, prepared, tmp_path,
+                                                       report_html):
+    from busseg.evaluate import evaluate
+    from busseg.report import collect_results
+
+    ckpt = tiny_run / "unet_final.pt"
+    evaluate(ckpt, prepared / "test", tmp_path / "ev", progress=False)
+    assert (tmp_path / "ev" / "reliability.json").is_file()
+    fresh = collect_results(tiny_run, prepared / "test", progress=False)
+    reused = collect_results(tiny_run, prepared / "test", from_eval=tmp_path / "ev")
+    assert repr(reused.rows) == repr(fresh.rows)  # same rows and types (NaN != NaN for ==)
+    assert reused.summary["dice"] == pytest.approx(fresh.summary["dice"])
+    assert reused.reliability.ece() == pytest.approx(fresh.reliability.ece())
+    for name in reused.thumbs:  # the picked cases: same scan, truth and mask
+        for a, b in zip(reused.thumbs[name], fresh.thumbs[name], strict=True):
+            assert (a == b).all()
+    out = build_report(tiny_run, prepared / "test", tmp_path / "r.html",
+                       from_eval=tmp_path / "ev")
+    assert out.read_text().count("data:image/png;base64,") == 6
+    with pytest.raises(ValueError, match="not this report's model"):
+        collect_results(None, prepared / "test", from_eval=tmp_path / "ev")
+    with pytest.raises(ValueError, match="evaluated"):
+        collect_results(tiny_run, prepared / "val", from_eval=tmp_path / "ev")
+    (tmp_path / "ev" / "reliability.json").unlink()
+    with pytest.raises(FileNotFoundError, match="reliability.json"):
+        collect_results(tiny_run, prepared / "test", from_eval=tmp_path / "ev")

@@ -123,7 +123,7 @@ def _report(a: argparse.Namespace) -> int:
     from busseg.report import build_report
 
     path = build_report(a.run_dir, a.data, a.out, overwrite=a.overwrite, groups=a.groups,
-                        group_by=a.group_by)
+                        group_by=a.group_by, from_eval=a.from_eval)
     print(f"wrote {path}")
     return 0
 
@@ -302,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--groups", help="CSV with a 'name' column and columns to group results by")
     s.add_argument("--group-by", action="append", metavar="COLUMN",
                    help="a column of --groups to show results by (repeatable)")
+    s.add_argument("--from-eval", metavar="DIR",
+                   help="reuse this busseg evaluate folder (same model, same data) instead of "
+                        "predicting again")
     _add_overwrite(s)
     s.set_defaults(func=_report)
 

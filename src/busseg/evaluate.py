@@ -16,7 +16,7 @@ from busseg.groups import format_groups, per_group, read_groups
 from busseg.imageio import ImageReadError
 from busseg.inference import make_forward, predict_maps
 from busseg.jsonio import write_json
-from busseg.metrics import METRICS, bootstrap_ci, image_metrics, nanmean
+from busseg.metrics import METRICS, Reliability, bootstrap_ci, image_metrics, nanmean
 from busseg.postprocess import PostprocessSettings, decide, plain_settings
 from busseg.safety import claim
 
@@ -53,12 +53,32 @@ def score_image(name: str, truth: np.ndarray, pred: np.ndarray, score: float | N
             "lesion_score": score, **image_metrics(pred, truth)}
 
 
+INT_COLUMNS = ("height", "width", "true_area", "pred_area")
+TEXT_COLUMNS = ("name", "class")
+
+
+def read_rows(path: Path | str) -> list[dict]:
+    """Per-image rows from a `per_image.csv` that evaluate wrote, with their types back."""
+    def typed(key: str, value: str):
+        if key in TEXT_COLUMNS:
+            return value
+        if value == "":
+            return None
+        return int(value) if key in INT_COLUMNS else float(value)
+
+    with open(path, newline="") as fh:
+        return [{k: typed(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
 def write_rows(path: Path, rows: list[dict]) -> None:
     """Per-image rows as CSV."""
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+EVAL_OUTPUTS = ("metrics.json", "per_image.csv", "reliability.json", "test_preds")
 
 
 def evaluate(
@@ -84,7 +104,8 @@ def evaluate(
 
     The summary metrics (`dice`, `iou`, ...) are means over lesion images (all images when the
     folder holds only normal ones); `per_class` has every class, normal included.
-    `on_image(row, gray, truth, prob, pred)` is called for each scored image (the report).
+    `on_image(row, gray, truth, prob, pred)` is called for each scored image. The pixel
+    calibration bins go to reliability.json (the report's reliability diagram).
     `filter_components=False` drops the presence rule and component filter (keeping the
     model's threshold and TTA); `plain=True` scores the plain output (threshold 0.5, no TTA,
     no rules). `threshold` and `tta` override either.
@@ -100,14 +121,14 @@ def evaluate(
             raise ValueError(f"{onnx_path}: the file carries no busseg settings; pass "
                              "--threshold or --plain")
         settings = plain_settings()
-    claim([out / "metrics.json", out / "per_image.csv", out / "test_preds"], overwrite)
+    claim([out / f for f in EVAL_OUTPUTS], overwrite)
     settings = plain_settings() if plain else settings
     if not filter_components:
         settings = PostprocessSettings(threshold=settings.threshold, tta=settings.tta)
     settings = settings.replace(threshold=threshold, tta=tta)
     pred_dir = out / "test_preds"
     pred_dir.mkdir(parents=True, exist_ok=True)
-    rows, errors = [], []
+    rows, errors, reliability = [], [], Reliability()
     for img_path, mask_path in tqdm(pairs, desc="evaluate", unit="img",
                                     disable=not progress):
         try:
@@ -119,6 +140,7 @@ def evaluate(
         pred = decide(p.prob, p.score, settings)
         Image.fromarray(pred.astype(np.uint8) * 255).save(pred_dir / f"{img_path.stem}_pred.png")
         rows.append(score_image(img_path.stem, truth, pred, p.score))
+        reliability.add(p.prob, truth)
         if on_image is not None:
             on_image(rows[-1], gray, truth, p.prob, pred)
     if not rows:
@@ -131,6 +153,7 @@ def evaluate(
                     "backend": backend, "data": str(data), "errors": errors})
     write_json(out / "metrics.json", summary)
     write_rows(out / "per_image.csv", rows)
+    write_json(out / "reliability.json", reliability.to_dict())
     return summary
 
 

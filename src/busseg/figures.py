@@ -12,6 +12,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from busseg.metrics import Reliability  # noqa: E402
+
 CLASS_COLORS = {"benign": "#1f77b4", "malignant": "#d62728", "normal": "#2ca02c",
                 "unknown": "#7f7f7f"}
 
@@ -88,43 +90,22 @@ def dice_distribution_figure(rows: list[dict]):
     return fig
 
 
-class Reliability:
-    """Pixel-level calibration: observed lesion frequency per bin of predicted probability."""
-
-    def __init__(self, bins: int = 10) -> None:
-        self.edges = np.linspace(0, 1, bins + 1)
-        self.count = np.zeros(bins)
-        self.positive = np.zeros(bins)
-        self.prob_sum = np.zeros(bins)
-
-    def add(self, prob: np.ndarray, truth: np.ndarray) -> None:
-        idx = np.clip(np.digitize(prob.ravel(), self.edges) - 1, 0, len(self.count) - 1)
-        self.count += np.bincount(idx, minlength=len(self.count))
-        self.positive += np.bincount(idx, weights=truth.ravel().astype(float),
-                                     minlength=len(self.count))
-        self.prob_sum += np.bincount(idx, weights=prob.ravel(), minlength=len(self.count))
-
-    def ece(self) -> float:
-        """Expected calibration error over pixels."""
-        ok = self.count > 0
-        gap = np.abs(self.positive[ok] / self.count[ok] - self.prob_sum[ok] / self.count[ok])
-        return float((gap * self.count[ok]).sum() / self.count.sum())
-
-    def figure(self):
-        ok = self.count > 0
-        fig, ax = plt.subplots(figsize=(4.8, 4.4))
-        ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
-        ax.plot(self.prob_sum[ok] / self.count[ok], self.positive[ok] / self.count[ok], "o-",
-                label=f"model (ECE {self.ece():.3f})")
-        ax.set_xlabel("predicted lesion probability")
-        ax.set_ylabel("observed lesion frequency")
-        ax.set_title("Reliability diagram (pixels)")
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1)
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left")
-        fig.tight_layout()
-        return fig
+def reliability_figure(rel: Reliability):
+    """Observed lesion frequency against predicted probability, per bin of `rel`."""
+    ok = rel.count > 0
+    fig, ax = plt.subplots(figsize=(4.8, 4.4))
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    ax.plot(rel.prob_sum[ok] / rel.count[ok], rel.positive[ok] / rel.count[ok], "o-",
+            label=f"model (ECE {rel.ece():.3f})")
+    ax.set_xlabel("predicted lesion probability")
+    ax.set_ylabel("observed lesion frequency")
+    ax.set_title("Reliability diagram (pixels)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
 
 
 def cases_figure(cases: list[tuple[str, dict, np.ndarray, np.ndarray, np.ndarray]]):

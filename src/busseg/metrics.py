@@ -91,3 +91,44 @@ def bootstrap_ci(
     rng = np.random.default_rng(seed)
     means = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))].mean(axis=1)
     return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
+
+
+class Reliability:
+    """Pixel-level calibration: observed lesion frequency per bin of predicted probability."""
+
+    def __init__(self, bins: int = 10) -> None:
+        self.edges = np.linspace(0, 1, bins + 1)
+        self.count = np.zeros(bins)
+        self.positive = np.zeros(bins)
+        self.prob_sum = np.zeros(bins)
+
+    def add(self, prob: np.ndarray, truth: np.ndarray) -> None:
+        idx = np.clip(np.digitize(prob.ravel(), self.edges) - 1, 0, len(self.count) - 1)
+        self.count += np.bincount(idx, minlength=len(self.count))
+        self.positive += np.bincount(idx, weights=truth.ravel().astype(float),
+                                     minlength=len(self.count))
+        self.prob_sum += np.bincount(idx, weights=prob.ravel(), minlength=len(self.count))
+
+    def ece(self) -> float:
+        """Expected calibration error over pixels."""
+        ok = self.count > 0
+        gap = np.abs(self.positive[ok] / self.count[ok] - self.prob_sum[ok] / self.count[ok])
+        return float((gap * self.count[ok]).sum() / self.count.sum())
+
+    def figure(self):
+        """The reliability diagram (matplotlib)."""
+        from busseg.figures import reliability_figure
+
+        return reliability_figure(self)
+
+    def to_dict(self) -> dict:
+        """Plain lists (reliability.json); `from_dict` reads them back."""
+        return {"edges": self.edges.tolist(), "count": self.count.tolist(),
+                "positive": self.positive.tolist(), "prob_sum": self.prob_sum.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Reliability:
+        rel = cls(len(d["count"]))
+        for key in ("edges", "count", "positive", "prob_sum"):
+            setattr(rel, key, np.asarray(d[key], dtype=float))
+        return rel

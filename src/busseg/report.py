@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import math
 import tempfile
 from dataclasses import dataclass
@@ -12,9 +13,9 @@ import numpy as np
 import torch
 
 from busseg.checkpoint import DEFAULT_WEIGHTS, LoadedModel, load_model, run_dir_of
-from busseg.evaluate import evaluate
+from busseg.data.dataset import list_pairs, load_pair
+from busseg.evaluate import EVAL_OUTPUTS, evaluate, read_rows
 from busseg.figures import (
-    Reliability,
     cases_figure,
     curves_figure,
     data_overview_figure,
@@ -24,6 +25,8 @@ from busseg.figures import (
     pick_cases,
     to_data_uri,
 )
+from busseg.imageio import read_mask
+from busseg.metrics import Reliability
 from busseg.models import count_parameters
 from busseg.preprocess import resize_image
 
@@ -74,12 +77,24 @@ class RunResults:
 
 def collect_results(run_dir: Path | str | None, data: Path | str,
                     progress: bool = True, groups: Path | str | None = None,
-                    group_by: list[str] | None = None) -> RunResults:
-    """Evaluate a run's best model (None: the shipped model) on `data`, keep what figures need."""
+                    group_by: list[str] | None = None,
+                    from_eval: Path | str | None = None) -> RunResults:
+    """Evaluate a run's best model (None: the shipped model) on `data`, keep what figures need.
+
+    `from_eval`: the folder of an earlier `busseg evaluate` of the same model on the same data;
+    its metrics, per-image rows, calibration bins and masks are reused (nothing is predicted).
+    """
     run = Path(run_dir) if run_dir is not None else SHIPPED_RUN
     ckpt = run / "unet_final.pt" if run_dir is not None else None
     loaded = load_model(ckpt)
     history = load_history(run)
+    if from_eval is not None:
+        if groups or group_by:
+            raise ValueError("--groups applies to a new evaluation; evaluate with --groups and "
+                             "pass its folder to --from-eval instead")
+        summary, rows, reliability, thumbs = _reuse_evaluation(Path(from_eval), ckpt, data)
+        return RunResults(run, Path(data), summary, rows, history, model_summary(loaded),
+                          reliability, thumbs)
     reliability = Reliability()
     thumbs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     rows: list[dict] = []
@@ -97,6 +112,38 @@ def collect_results(run_dir: Path | str | None, data: Path | str,
                       reliability, thumbs)
 
 
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def _reuse_evaluation(folder: Path, ckpt: Path | None, data: Path | str):
+    """(summary, rows, reliability, thumbs of the picked cases) from an evaluate folder, after
+    checking it scored this model on this data."""
+    files = {f: folder / f for f in EVAL_OUTPUTS}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{folder}: not a complete busseg evaluate folder "
+                                f"(missing {', '.join(missing)}); run busseg evaluate again")
+    summary = json.loads(files["metrics.json"].read_text())
+    wanted = "shipped" if ckpt is None else str(ckpt)
+    scored = summary.get("checkpoint", "")
+    if summary.get("backend", "torch") != "torch" or not (
+            scored == wanted or (ckpt is not None and _same_path(scored, ckpt))):
+        raise ValueError(f"{folder}: it evaluated {scored!r} ({summary.get('backend')}), "
+                         f"not this report's model {wanted!r}")
+    if not _same_path(summary.get("data", ""), data):
+        raise ValueError(f"{folder}: it evaluated {summary.get('data')!r}, not {str(data)!r}")
+    rows = read_rows(files["per_image.csv"])
+    reliability = Reliability.from_dict(json.loads(files["reliability.json"].read_text()))
+    pairs = {img.stem: (img, mask) for img, mask in list_pairs(data)}
+    thumbs = {}
+    for _, row in pick_cases(rows):
+        gray, truth = load_pair(*pairs[row["name"]])
+        pred = read_mask(files["test_preds"] / f"{row['name']}_pred.png")
+        thumbs[row["name"]] = (_small(gray), _small(truth) >= 0.5, _small(pred) >= 0.5)
+    return summary, rows, reliability, thumbs
+
+
 def original_sizes(data: Path | str) -> dict[str, tuple[int, int]]:
     """(height, width) before resizing, from the manifest `busseg prepare` wrote beside the
     split folder (empty when there is none)."""
@@ -112,12 +159,14 @@ def original_sizes(data: Path | str) -> dict[str, tuple[int, int]]:
 
 def build_report(run_dir: Path | str | None, data: Path | str, out: Path | str,
                  progress: bool = True, overwrite: bool = False,
-                 groups: Path | str | None = None, group_by: list[str] | None = None) -> Path:
-    """Evaluate the run's model on `data` and write the self-contained HTML report to `out`."""
+                 groups: Path | str | None = None, group_by: list[str] | None = None,
+                 from_eval: Path | str | None = None) -> Path:
+    """Evaluate the run's model on `data` (or reuse the evaluate folder `from_eval`) and write
+    the self-contained HTML report to `out`."""
     from busseg.safety import claim
 
     claim([out], overwrite)
-    r = collect_results(run_dir, data, progress, groups, group_by)
+    r = collect_results(run_dir, data, progress, groups, group_by, from_eval)
     figs = {
         "curves": to_data_uri(curves_figure(r.history)),
         "overview": to_data_uri(data_overview_figure(r.rows, original_sizes(data))),
