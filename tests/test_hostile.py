@@ -70,15 +70,16 @@ print(json.dumps({{'status': r.status_code, 'grew_mb': hwm() - before, 'alive': 
     assert out["grew_mb"] < 500, out
 
 
-def test_large_rgb_upload_keeps_memory_bounded(tmp_path, tiny_run):
-    """A 117 KB PNG of 6324x6324 RGB (40 megapixels, under the default limit) is segmented
-    with server peak memory (VmHWM) growing by less than 500 MB."""
+@pytest.mark.parametrize("fmt", ["png", "jpg"])
+def test_large_rgb_upload_keeps_memory_bounded(tmp_path, tiny_run, fmt):
+    """A PNG (117 KB) or JPEG of 6324x6324 RGB (40 megapixels, under the default limit) is
+    segmented with server peak memory (VmHWM) growing by less than 500 MB."""
     import numpy as np
     from PIL import Image
 
     big = np.zeros((6324, 6324, 3), np.uint8)
     big[1000:2000, 1000:3000] = 200
-    Image.fromarray(big).save(tmp_path / "big.png", optimize=True)
+    Image.fromarray(big).save(tmp_path / f"big.{fmt}", optimize=True)
     del big
     script = f"""
 import httpx, json
@@ -93,15 +94,17 @@ with running(create_app(cfg)) as url:
     small = open({str(Path(__file__).parent.parent / 'src/busseg/samples/benign_118.png')!r}, 'rb')
     httpx.post(url + '/v1/segment', files={{'file': ('s.png', small.read())}}, timeout=120)
     before = hwm()
-    data = open({str(tmp_path / 'big.png')!r}, 'rb').read()
-    r = httpx.post(url + '/v1/segment', files={{'file': ('big.png', data)}}, timeout=300)
-print(json.dumps({{'status': r.status_code, 'grew_mb': hwm() - before}}))
+    data = open({str(tmp_path / f'big.{fmt}')!r}, 'rb').read()
+    r = httpx.post(url + '/v1/segment', files={{'file': ('big.{fmt}', data)}}, timeout=300)
+print(json.dumps({{'status': r.status_code, 'grew_mb': hwm() - before,
+                  'size': [r.json()['height'], r.json()['width']]}}))
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                        timeout=600, cwd=Path(__file__).parent)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["status"] == 200 and out["grew_mb"] < 500, out
+    assert out["size"] == [6324, 6324]  # answered at the upload's own size
 
 
 def test_odd_ultrasound_region_gives_no_mm_figure(tmp_path):

@@ -116,3 +116,27 @@ def test_segment_api_on_arrays(tiny_run):
                 np.stack([img] * 3, -1)):
         mask = segment(model, arr)
         assert mask.shape == (77, 201) and mask.dtype == bool
+
+
+def test_large_jpeg_is_decoded_reduced_and_answered_at_its_own_size(tmp_path):
+    from busseg.imageio import read_pil, read_pil_scan
+    from busseg.inference import segment
+    from busseg.metrics import image_metrics
+    from busseg.predict import sample_files
+
+    small = Image.open(sample_files()[0]).convert("L")  # a real BUSI scan
+    big = small.resize((small.width * 8, small.height * 8), Image.Resampling.BICUBIC)
+    big.save(tmp_path / "big.jpg", quality=95)
+    scan = read_pil_scan(tmp_path / "big.jpg")
+    assert scan.original_shape == (big.height, big.width) == scan.shape
+    assert 1024 <= min(scan.pixels.shape) < 2048  # decoded at 1/4 or 1/2 scale
+    small.save(tmp_path / "small.jpg", quality=95)
+    assert read_pil_scan(tmp_path / "small.jpg").original_shape is None
+
+    report = predict([str(tmp_path / "big.jpg")], tmp_path / "out", progress=False)
+    row = report.rows[0]
+    assert (row["height"], row["width"]) == (big.height, big.width)
+    mask = np.asarray(Image.open(tmp_path / "out" / "big_mask.png")) > 0
+    assert mask.shape == (big.height, big.width) and mask.any()
+    full = segment(None, read_pil(tmp_path / "big.jpg"))  # decoded at full size, same model
+    assert image_metrics(mask, full)["dice"] > 0.97

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+REDUCE_TO = 1024  # large JPEGs for segmentation are decoded with their shorter side near this
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
 
 
@@ -34,6 +36,12 @@ class Scan:
     frame: int | None = None
     pixel_spacing_mm: tuple[float, float] | None = None
     meta: dict = field(default_factory=dict)
+    original_shape: tuple[int, int] | None = None  # (H, W) when decoded at a reduced scale
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """The file's own (height, width): what masks and statistics are given at."""
+        return self.original_shape or self.pixels.shape[:2]
 
     @property
     def name(self) -> str:
@@ -59,12 +67,31 @@ def read_pil(path: Path | str, data: bytes | None = None,
     `data` reads these bytes instead of the file (`path` then only names it in errors);
     `max_pixels` refuses larger images before decoding them.
     """
-    path = Path(path)
+    return _decode_pil(Path(path), data, max_pixels, None)[0]
+
+
+def read_pil_scan(path: Path | str, data: bytes | None = None, max_pixels: int | None = None,
+                  reduce_to: int | None = REDUCE_TO) -> Scan:
+    """Read a raster image as a Scan for segmentation. A JPEG whose shorter side is at least
+    twice `reduce_to` is decoded at a reduced scale (libjpeg draft mode, 1/2 to 1/8, shorter side
+    kept >= `reduce_to`), so memory follows the model input rather than the file's pixel count;
+    `Scan.original_shape` then keeps the file's own size for the outputs."""
+    arr, shape = _decode_pil(Path(path), data, max_pixels, reduce_to)
+    return Scan(arr, Path(path), original_shape=shape if shape != arr.shape[:2] else None)
+
+
+def _decode_pil(path: Path, data: bytes | None, max_pixels: int | None,
+                reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]]:
+    """(pixels, the file's own (height, width))."""
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as im:
+            shape = (im.height, im.width)
             if max_pixels is not None and im.width * im.height > max_pixels:
                 raise ImageReadError(
                     path, f"image has {im.width}x{im.height} pixels, over the {max_pixels} limit")
+            if reduce_to and im.format == "JPEG" and min(shape) >= 2 * reduce_to:
+                k = min(shape) / reduce_to
+                im.draft(im.mode, (math.ceil(im.width / k), math.ceil(im.height / k)))
             im.load()
             if im.mode == "P":
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
@@ -85,7 +112,7 @@ def read_pil(path: Path | str, data: bytes | None = None,
         raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
     if arr.size == 0:
         raise ImageReadError(path, "image has no pixels")
-    return arr
+    return arr, shape
 
 
 def read_mask(path: Path | str) -> np.ndarray:
@@ -242,7 +269,7 @@ def read_upload(data: bytes, name: str, frames: str = "first",
         raise ImageReadError(name, "not an image: content is not PNG, JPEG, BMP, TIFF or DICOM")
     if kind == "dicom":
         return read_dicom(name, frames, data=data, max_pixels=max_pixels)
-    return [Scan(read_pil(name, data=data, max_pixels=max_pixels), Path(name))]
+    return [read_pil_scan(name, data=data, max_pixels=max_pixels)]
 
 
 def read_scans(path: Path | str, frames: str = "all") -> list[Scan]:
@@ -252,4 +279,4 @@ def read_scans(path: Path | str, frames: str = "all") -> list[Scan]:
         raise ImageReadError(path, "file not found" if not path.exists() else "not a file")
     if is_dicom(path):
         return read_dicom(path, frames)
-    return [Scan(read_pil(path), path)]
+    return [read_pil_scan(path)]

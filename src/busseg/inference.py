@@ -95,9 +95,11 @@ def predict_maps(
     size: int,
     tta: bool = False,
     batch_size: int = 8,
+    shapes: Sequence[tuple[int, int]] | None = None,
 ) -> list[Prediction]:
-    """Probability maps at each image's own resolution (float32, H x W) and lesion scores;
-    with `tta` both are averaged with the horizontally flipped image's."""
+    """Probability maps at each image's own resolution (float32, H x W; `shapes` gives other
+    output sizes, e.g. a file's own size when it was decoded reduced) and lesion scores; with
+    `tta` both are averaged with the horizontally flipped image's."""
     out: list[Prediction] = []
     for start in range(0, len(images), batch_size):
         chunk = [to_gray01(im) for im in images[start:start + batch_size]]
@@ -109,7 +111,8 @@ def predict_maps(
             score = None if score is None else (score + score_f) / 2
         for i, (g, p) in enumerate(zip(chunk, prob)):
             s = None if score is None else float(score[i])
-            out.append(Prediction(resize_prob(p[None].float(), g.shape)[0, 0].numpy(), s))
+            shape = g.shape if shapes is None else shapes[start + i]
+            out.append(Prediction(resize_prob(p[None].float(), shape)[0, 0].numpy(), s))
     return out
 
 

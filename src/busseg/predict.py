@@ -123,9 +123,17 @@ def lesion_stats(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float
     }
 
 
+def gray_image(gray01: np.ndarray, shape: tuple[int, int]) -> Image.Image:
+    """An 8-bit gray image of `gray01` at `shape` (H, W), enlarged bilinearly when smaller."""
+    img = Image.fromarray((gray01 * 255 + 0.5).astype(np.uint8))
+    return img if gray01.shape == tuple(shape) else img.resize(
+        (shape[1], shape[0]), Image.Resampling.BILINEAR)
+
+
 def overlay_image(gray01: np.ndarray, mask: np.ndarray) -> Image.Image:
-    """The scan in gray with the lesion filled lightly and outlined in colour."""
-    base = np.repeat((gray01 * 255).astype(np.uint8)[..., None], 3, axis=-1)
+    """The scan in gray with the lesion filled lightly and outlined in colour, at the mask's
+    size (a scan decoded at a reduced scale is enlarged to it)."""
+    base = np.repeat(np.asarray(gray_image(gray01, mask.shape))[..., None], 3, axis=-1)
     edge = mask & ~ndimage.binary_erosion(mask, iterations=max(1, min(mask.shape) // 200))
     out = base.astype(np.float32)
     out[mask] = out[mask] * 0.7 + np.array([255, 60, 60]) * 0.3
@@ -209,7 +217,7 @@ def predict(
             report.errors.append(msg)
             log.error(msg)
             continue
-        preds = predict_maps(forward, grays, size, tta, batch_size)
+        preds = predict_maps(forward, grays, size, tta, batch_size, [s.shape for s in scans])
         for scan, gray, pred in zip(scans, grays, preds):
             name = _unique_name(scan, used)
             clash = existing(out / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)

@@ -22,7 +22,7 @@ from busseg.checkpoint import load_model
 from busseg.imageio import ImageReadError, read_upload
 from busseg.inference import predict_maps, torch_forward
 from busseg.postprocess import decide
-from busseg.predict import lesion_stats, overlay_image
+from busseg.predict import gray_image, lesion_stats, overlay_image
 from busseg.preprocess import to_gray01
 
 STATIC = Path(__file__).parent / "static"
@@ -181,7 +181,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         try:
             scan = read_upload(data, name, frames="first", max_pixels=cfg.max_pixels)[0]
             gray = to_gray01(scan.pixels)
-            spacing = scan.pixel_spacing_mm
+            spacing, shape = scan.pixel_spacing_mm, scan.shape
             del scan  # the decoded pixels are not needed any more: keep peak memory low
         except ImageReadError as exc:
             code = 413 if "limit" in exc.reason or "too large" in exc.reason else 422
@@ -189,14 +189,14 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         except ValueError as exc:
             raise HTTPException(422, f"{name}: {exc}") from None
         settings = loaded.settings.replace(threshold=threshold)
-        pred = predict_maps(forward, [gray], loaded.size, settings.tta)[0]
+        pred = predict_maps(forward, [gray], loaded.size, settings.tta, shapes=[shape])[0]
         prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
         if output is Output.mask:
             return _png(Image.fromarray(mask.astype(np.uint8) * 255))
         if output is Output.overlay:
             return _png(overlay_image(gray, mask))
         if output is Output.scan:
-            return _png(Image.fromarray((gray * 255 + 0.5).astype(np.uint8)))
+            return _png(gray_image(gray, shape))
         if output is Output.prob:
             return _png(Image.fromarray((prob * 255 + 0.5).astype(np.uint8)))
         stats = lesion_stats(mask, prob, spacing)
