@@ -150,3 +150,37 @@ def test_predict_over_pydicoms_own_test_files(tiny_run, tmp_path):
     assert files <= accounted  # every file: a mask, a named error or a stated skip
     error_lines = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == len(doc["errors"])
+
+
+def test_slow_and_silent_clients_are_cut_off(tiny_run):
+    """Connections that send nothing, half the headers, or half the body are closed (the body
+    with a 408) once the read timeout passes; the service keeps answering others meanwhile."""
+    import socket
+
+    import httpx
+
+    from busseg.serve.app import ServeConfig, create_app
+    from busseg.serve.background import running
+
+    head = b"POST /v1/segment HTTP/1.1\r\nHost: x\r\n"
+    body = head + (b"Content-Type: multipart/form-data; boundary=a\r\n"
+                   b"Content-Length: 1000\r\n\r\n--a")
+    with running(create_app(ServeConfig(str(tiny_run / "unet_final.pt"),
+                                        read_timeout_s=2))) as url:
+        port = int(url.rsplit(":", 1)[1])
+        socks = []
+        for payload in [b""] * 40 + [head] * 40 + [body] * 10:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(payload)
+            s.settimeout(15)
+            socks.append((payload, s))
+        t0 = time.time()
+        assert httpx.get(url + "/healthz").status_code == 200  # served while they wait
+        answers = [(payload, s.recv(200)) for payload, s in socks]
+        elapsed = time.time() - t0
+        for _, s in socks:
+            s.close()
+        assert all(a == b"" for p, a in answers if p != body)  # closed without an answer
+        assert all(a.startswith(b"HTTP/1.1 408") for p, a in answers if p == body)
+        assert elapsed < 10
+        assert httpx.get(url + "/healthz").status_code == 200

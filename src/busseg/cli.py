@@ -132,7 +132,8 @@ def _serve(a: argparse.Namespace) -> int:
     from busseg.serve.app import ServeConfig, serve
 
     serve(a.host, a.port, ServeConfig(a.checkpoint, int(a.max_upload_mb * 2**20), a.max_pixels,
-                                      a.concurrency, a.queue, a.timeout, a.docs),
+                                      a.concurrency, a.queue, a.timeout, a.docs,
+                                      a.read_timeout),
           max_connections=a.max_connections)
     return 0
 
@@ -319,6 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--queue", type=int, default=16,
                    help="requests allowed to wait; more get 503 with Retry-After")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds per request (then 503)")
+    s.add_argument("--read-timeout", type=float, default=15.0,
+                   help="seconds a client has to send a request's headers, and again its body "
+                        "(then the connection is closed, or 408)")
     s.add_argument("--max-connections", type=int, default=256,
                    help="open connections at most (uvicorn limit_concurrency)")
     s.add_argument("--docs", action="store_true",

@@ -24,6 +24,7 @@ from busseg.inference import predict_maps, torch_forward
 from busseg.postprocess import decide
 from busseg.predict import gray_image, lesion_stats, overlay_image
 from busseg.preprocess import to_gray01
+from busseg.serve.protocol import DEFAULT_READ_TIMEOUT_S, uvicorn_config
 
 STATIC = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
@@ -47,6 +48,7 @@ class ServeConfig:
     queue: int = 16
     timeout_s: float = 30.0
     docs: bool = False
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
 
 
 class Output(str, Enum):
@@ -84,54 +86,65 @@ def _png(img: Image.Image) -> Response:
     return Response(buf.getvalue(), media_type="image/png")
 
 
-class _TooLarge(Exception):
+class _BadBody(Exception):
     pass
 
 
 class BodyLimit:
     """ASGI middleware: 413 as soon as a declared or streamed request body passes `limit`
-    bytes, before the rest is received or spooled to disk."""
+    bytes, before the rest is received or spooled to disk; 408 when the body has not arrived
+    `read_timeout` seconds after the headers (a slow or stalled sender)."""
 
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app, limit: int, read_timeout: float = DEFAULT_READ_TIMEOUT_S) -> None:
+        self.app, self.limit, self.read_timeout = app, limit, read_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers", [])).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(send)
-        state = {"seen": 0, "over": False, "started": False}
+            return await self._reject(send, 413, f"upload over the {self.limit}-byte limit")
+        state = {"seen": 0, "failed": None, "started": False, "done": False}
+        deadline = asyncio.get_running_loop().time() + self.read_timeout
 
         async def limited_receive():
-            message = await receive()
+            if state["done"]:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(
+                    receive(), max(0.0, deadline - asyncio.get_running_loop().time()))
+            except asyncio.TimeoutError:  # TimeoutError from Python 3.11 on
+                state["failed"] = (408, f"request body not received within "
+                                        f"{self.read_timeout:.0f} s")
+                raise _BadBody from None
             if message["type"] == "http.request":
                 state["seen"] += len(message.get("body", b""))
+                state["done"] = not message.get("more_body", False)
                 if state["seen"] > self.limit:
-                    state["over"] = True
-                    raise _TooLarge
+                    state["failed"] = (413, f"upload over the {self.limit}-byte limit")
+                    raise _BadBody
             return message
 
         async def guarded_send(message):
-            if state["over"]:  # whatever the app answers to the cut body, the answer is 413
+            if state["failed"]:  # whatever the app answers to the cut body, the answer is ours
                 if message["type"] == "http.response.start" and not state["started"]:
                     state["started"] = True
-                    await self._reject(send)
+                    await self._reject(send, *state["failed"])
                 return
             state["started"] = state["started"] or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, limited_receive, guarded_send)
-        except _TooLarge:
+        except _BadBody:
             if not state["started"]:
-                await self._reject(send)
+                await self._reject(send, *state["failed"])
 
-    async def _reject(self, send) -> None:
-        body = json.dumps({"detail": f"upload over the {self.limit}-byte limit"}).encode()
+    async def _reject(self, send, status: int, detail: str) -> None:
+        body = json.dumps({"detail": detail}).encode()
         headers = [(b"content-type", b"application/json"), (b"connection", b"close"),
                    *((k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items())]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
 
@@ -158,7 +171,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
               415: {"model": ErrorBody}, 422: {"model": ErrorBody},
               503: {"model": ErrorBody}}
 
-    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes + 64 * 1024)  # + multipart framing
+    app.state.read_timeout_s = cfg.read_timeout_s  # the headers' deadline (serve.protocol)
+    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes + 64 * 1024,  # + multipart framing
+                       read_timeout=cfg.read_timeout_s)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -256,5 +271,5 @@ def serve(host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None 
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
-    uvicorn.run(create_app(config), host=host, port=port, log_level="info",
-                timeout_keep_alive=5, limit_concurrency=max_connections)
+    uvicorn.Server(uvicorn_config(create_app(config), host, port, log_level="info",
+                                  limit_concurrency=max_connections)).run()

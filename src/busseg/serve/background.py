@@ -12,6 +12,8 @@ from contextlib import contextmanager
 
 import uvicorn
 
+from busseg.serve.protocol import uvicorn_config
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now."""
@@ -24,7 +26,7 @@ def free_port() -> int:
 def running(app):
     """Serve `app` until the block ends; yields its base URL once /healthz answers."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    server = uvicorn.Server(uvicorn_config(app, "127.0.0.1", port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
