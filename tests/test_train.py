@@ -4,7 +4,8 @@ import yaml
 
 from busseg.config import AugmentConfig, resolve_config
 from busseg.data.augment import augment_batch
-from busseg.train import sample_weights, train
+from busseg.train import train
+from busseg.trainer import sample_weights
 
 
 def test_training_writes_weights_logs_and_config(tiny_run):
@@ -76,3 +77,72 @@ def test_sampler_balances_classes():
     assert abs(share["benign"] - 0.45) < 1e-9 and abs(share["malignant"] - 0.45) < 1e-9
     assert abs(share["normal"] - 0.1) < 1e-9
     assert sample_weights(labels, 0.0)[-1] == 0
+
+
+def _split(masks: list[np.ndarray], labels: list[str]):
+    from busseg.data.dataset import TensorSplit
+
+    n, s = len(masks), masks[0].shape[0]
+    images = torch.randint(0, 255, (n, 1, s, s), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    m = torch.from_numpy(np.stack(masks)[:, None].astype(np.uint8))
+    return TensorSplit(images, m, [f"{lab} ({i})" for i, lab in enumerate(labels)], labels)
+
+
+def _all_lesion(model, sign: float):
+    """Make `model` predict lesion everywhere (sign +1) or nowhere (-1)."""
+    with torch.no_grad():
+        model.head.weight.zero_()
+        model.head.bias.fill_(20.0 * sign)
+
+
+def test_lr_schedule_warms_up_then_decays_to_one_percent():
+    from busseg.trainer import lr_lambda
+
+    cfg = resolve_config(None, ["epochs=10", "warmup_epochs=2", "schedule=cosine"])
+    f = lr_lambda(cfg, steps_per_epoch=5)
+    assert [round(f(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
+    assert f(10) == 1.0 and abs(f(30) - (0.01 + 0.99 * 0.5)) < 1e-9  # cosine mid-point
+    assert abs(f(50) - 0.01) < 1e-9 and abs(f(500) - 0.01) < 1e-9  # floor at 1%
+    flat = lr_lambda(resolve_config(None, ["epochs=10", "warmup_epochs=0"]), 5)
+    assert all(flat(s) == 1.0 for s in (0, 25, 49))
+
+
+def test_validation_dice_counts_lesion_scans_only():
+    from busseg.models import create_model
+    from busseg.trainer import validate
+
+    lesion = np.zeros((32, 32), bool)
+    lesion[8:24, 8:24] = True  # a quarter of the image
+    empty = np.zeros((32, 32), bool)
+    model = create_model("unet", width=4, depth=2, stem_stride=1)
+    _all_lesion(model, +1)
+    cfg = resolve_config(None, ["channels_last=false"])
+    both = validate(model, _split([lesion, empty], ["benign", "normal"]), cfg, "cpu")
+    assert abs(both["dice"] - 2 * 256 / (256 + 1024)) < 1e-6  # the normal scan's 0 not counted
+    normal_only = validate(model, _split([empty, empty], ["normal", "normal"]), cfg, "cpu")
+    assert normal_only["dice"] == 0.0  # without lesion scans every scan counts
+
+
+def test_ema_or_raw_weights_chosen_by_val_dice_unless_select_last(tmp_path):
+    from busseg.distributed import DistInfo
+    from busseg.trainer import Trainer
+
+    lesion = np.zeros((32, 32), bool)
+    lesion[4:28, 4:28] = True
+    data = _split([lesion, lesion], ["benign", "malignant"])
+
+    def chosen(select: str, ema_sign: float) -> bool:
+        cfg = resolve_config(None, [f"out={tmp_path / select}", "size=32", "model.width=4",
+                                    "model.depth=2", "model.stem_stride=1", "ema=0.9",
+                                    f"select={select}", "amp=fp32", "channels_last=false"])
+        tr = Trainer(cfg, DistInfo(), torch.device("cpu"), data, data, {})
+        _all_lesion(tr.model, -ema_sign)
+        _all_lesion(tr.ema, ema_sign)
+        val, weights, extra = tr.validate_epoch()
+        assert val["dice"] == max(extra["val_dice_raw"], extra["val_dice_ema"]) or \
+            select == "last"
+        return weights is tr.ema
+
+    assert chosen("best", +1) and not chosen("best", -1)  # the better of the two
+    assert chosen("last", +1) and chosen("last", -1)  # always the EMA weights

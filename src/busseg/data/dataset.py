@@ -70,6 +70,10 @@ class TensorSplit:
         return TensorSplit(self.images[t], self.masks[t], [self.names[i] for i in idx],
                            [self.labels[i] for i in idx])
 
+    def to(self, device: torch.device | str) -> TensorSplit:
+        """The same images with their tensors on `device`."""
+        return TensorSplit(self.images.to(device), self.masks.to(device), self.names, self.labels)
+
     def batch(self, idx: torch.Tensor, device: torch.device | str = "cpu"):
         """Float images in [0, 1] and float masks for the given indices."""
         x = self.images[idx].to(device, non_blocking=True).float().div_(255.0)
