@@ -177,11 +177,7 @@ def _verb(sub, name: str, text: str) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="busseg", description=__doc__)
-    p.add_argument("--version", action="version", version=f"busseg {__version__}")
-    sub = p.add_subparsers(dest="verb", required=True)
-
+def _add_prepare(sub) -> None:
     s = _verb(sub, "prepare", "raw BUSI -> resized, leakage-free train/val/test split")
     s.add_argument("--raw", required=True,
                    help="the Dataset_BUSI_with_GT folder, or a folder with images/ and masks/")
@@ -201,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(s)
     s.set_defaults(func=_prepare)
 
+
+def _add_train(sub) -> None:
     s = _verb(sub, "train", "train a model (config file + overrides)")
     s.add_argument("--config", help="YAML config (see configs/)")
     s.add_argument("--data", help="prepared data folder (default: data)")
@@ -224,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(s)
     s.set_defaults(func=_train)
 
+
+def _add_cv(sub) -> None:
     s = _verb(sub, "cv", "k-fold cross-validation over train + val; out-of-fold results")
     s.add_argument("--config", help="YAML config (see configs/)")
     s.add_argument("--data", help="prepared data folder (default: data)")
@@ -242,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(s)
     s.set_defaults(func=_cv)
 
+
+def _add_evaluate(sub) -> None:
     s = _verb(sub, "evaluate", "score a model on a folder of images and masks")
     s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
@@ -263,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(s)
     s.set_defaults(func=_evaluate)
 
+
+def _add_predict(sub) -> None:
     s = _verb(sub, "predict", "segment new scans (PNG, JPEG, BMP, TIFF, DICOM)")
     s.add_argument("inputs", nargs="*", metavar="INPUT", help="files, folders or globs")
     s.add_argument("--out", required=True, help="output folder")
@@ -287,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also segment files named like masks (<stem>_mask.png)")
     s.set_defaults(func=_predict)
 
+
+def _add_tune(sub) -> None:
     s = _verb(sub, "tune", "choose threshold, TTA, presence rule and component filter")
     s.add_argument("--checkpoint", required=True,
                    help="a .pt checkpoint; postprocess.json is written beside it")
@@ -296,6 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(s)
     s.set_defaults(func=_tune)
 
+
+def _add_report(sub) -> None:
     s = _verb(sub, "report", "self-contained HTML report of a run")
     s.add_argument("run_dir", nargs="?", help="run folder (default: the shipped model)")
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
@@ -309,6 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(s)
     s.set_defaults(func=_report)
 
+
+def _add_serve(sub) -> None:
     s = _verb(sub, "serve", "web demo and HTTP inference service (FastAPI)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on")
     s.add_argument("--port", type=int, default=8000, help="port to listen on")
@@ -329,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve /docs and /redoc (they load scripts from a CDN)")
     s.set_defaults(func=_serve)
 
+
+def _add_export(sub) -> None:
     s = _verb(sub, "export", "export a model to ONNX")
     s.add_argument("--format", default="onnx", choices=("onnx", "safetensors"),
                    help="onnx (dynamic batch and size) or safetensors (weights + config + logs)")
@@ -340,6 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: data/train/images)")
     _add_overwrite(s)
     s.set_defaults(func=_export)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="busseg", description=__doc__)
+    p.add_argument("--version", action="version", version=f"busseg {__version__}")
+    sub = p.add_subparsers(dest="verb", required=True)
+    for add in (_add_prepare, _add_train, _add_cv, _add_evaluate, _add_predict, _add_tune,
+                _add_report, _add_serve, _add_export):
+        add(sub)
     return p
 
 

@@ -27,6 +27,10 @@ class ImageReadError(ValueError):
         self.path, self.reason = Path(path), reason
 
 
+class ImageTooLarge(ImageReadError):
+    """An image whose decoded size would pass the pixel or byte limit (refused undecoded)."""
+
+
 @dataclass
 class Scan:
     """One decoded frame: pixel array plus what the file says about it."""
@@ -87,7 +91,7 @@ def _decode_pil(path: Path, data: bytes | None, max_pixels: int | None,
         with Image.open(io.BytesIO(data) if data is not None else path) as im:
             shape = (im.height, im.width)
             if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageReadError(
+                raise ImageTooLarge(
                     path, f"image has {im.width}x{im.height} pixels, over the {max_pixels} limit")
             if reduce_to and im.format == "JPEG" and min(shape) >= 2 * reduce_to:
                 k = min(shape) / reduce_to
@@ -105,7 +109,7 @@ def _decode_pil(path: Path, data: bytes | None, max_pixels: int | None,
     except FileNotFoundError:
         raise ImageReadError(path, "file not found") from None
     except Image.DecompressionBombError as exc:
-        raise ImageReadError(path, f"image too large ({exc})") from None
+        raise ImageTooLarge(path, f"image too large ({exc})") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
@@ -142,7 +146,7 @@ def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
             rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
             n = int(getattr(ds, "NumberOfFrames", 1) or 1)
             if rows * cols * n > limit:
-                raise ImageReadError(path, f"DICOM has {n} frame(s) of {cols}x{rows} pixels, "
+                raise ImageTooLarge(path, f"DICOM has {n} frame(s) of {cols}x{rows} pixels, "
                                            f"over the {limit} limit")
             arr = ds.pixel_array
         for w in caught:
@@ -223,7 +227,7 @@ def check_deflated_size(path: Path, raw: bytes, max_pixels: int) -> None:
                 pos += chunk
             total += len(inflater.decompress(data, 1 << 20))
             if total > budget:
-                raise ImageReadError(path, f"deflated DICOM inflates to over {budget} bytes, "
+                raise ImageTooLarge(path, f"deflated DICOM inflates to over {budget} bytes, "
                                            "more than the pixel limit allows")
             if inflater.eof:
                 break

@@ -219,31 +219,39 @@ def predict(
             continue
         preds = predict_maps(forward, grays, size, tta, batch_size, [s.shape for s in scans])
         for scan, gray, pred in zip(scans, grays, preds):
-            name = _unique_name(scan, used)
-            clash = existing(out / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
-            if clash:
-                report.errors.append(f"{path}: {clash[0]} already exists and was not written by "
-                                     "this run; not replaced (choose another --out)")
-                continue
-            prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
-            Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
-            if save_prob:
-                Image.fromarray((prob * 255 + 0.5).astype(np.uint8)).save(out / f"{name}_prob.png")
-            if overlay:
-                overlay_image(gray, mask).save(out / f"{name}_overlay.png")
-            if dicom_seg and is_dicom(path):
-                try:
-                    from busseg.dicomseg import write_dicom_seg
-
-                    write_dicom_seg(path, mask, out / f"{name}_seg.dcm", *model_id)
-                except (ValueError, ImportError, AttributeError, TypeError) as exc:
-                    report.errors.append(f"{path}: no DICOM SEG written ({exc})")
-            row = {"name": name, "file": str(path), "frame": scan.frame,
-                   **lesion_stats(mask, prob, scan.pixel_spacing_mm),
-                   "lesion_score": None if pred.score is None else round(pred.score, 4)}
-            report.rows.append(row)
+            opts = {"save_prob": save_prob, "overlay": overlay,
+                    "model_id": model_id if dicom_seg and is_dicom(path) else None}
+            _write_scan(out, path, scan, gray, pred, settings, used, report, opts)
     _write_results(out, report, thr)
     return report
+
+
+def _write_scan(out: Path, path: Path, scan: Scan, gray: np.ndarray, pred, settings,
+                used: set[str], report: PredictReport, opts: dict) -> None:
+    """One scan's mask (and probability map, overlay, DICOM SEG as asked) and its results row;
+    a name already taken by a file this run did not write is an error line, never replaced."""
+    name = _unique_name(scan, used)
+    clash = existing(out / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
+    if clash:
+        report.errors.append(f"{path}: {clash[0]} already exists and was not written by "
+                             "this run; not replaced (choose another --out)")
+        return
+    prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
+    if opts["save_prob"]:
+        Image.fromarray((prob * 255 + 0.5).astype(np.uint8)).save(out / f"{name}_prob.png")
+    if opts["overlay"]:
+        overlay_image(gray, mask).save(out / f"{name}_overlay.png")
+    if opts["model_id"] is not None:
+        try:
+            from busseg.dicomseg import write_dicom_seg
+
+            write_dicom_seg(path, mask, out / f"{name}_seg.dcm", *opts["model_id"])
+        except (ValueError, ImportError, AttributeError, TypeError) as exc:
+            report.errors.append(f"{path}: no DICOM SEG written ({exc})")
+    report.rows.append({"name": name, "file": str(path), "frame": scan.frame,
+                        **lesion_stats(mask, prob, scan.pixel_spacing_mm),
+                        "lesion_score": None if pred.score is None else round(pred.score, 4)})
 
 
 def _write_results(out: Path, report: PredictReport, threshold: float) -> None:

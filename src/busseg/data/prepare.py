@@ -122,6 +122,39 @@ def prepare(
     """
     claim(prepared_outputs(out), overwrite)
     table = read_table(table_csv) if table_csv else {}
+    cases, skipped, include_normal = _find(raw, include_normal, normal_without_mask)
+    kept, images, masks, thumbs, sizes = _read_cases(cases, size, skipped)
+    if not kept:
+        raise ValueError(f"{raw}: no readable image with a mask was found")
+    pairs = twin_pairs(np.stack(thumbs), twin_threshold) + table_pairs(
+        kept, table, group_column)
+    groups = group_ids(len(kept), pairs)
+    labels = [c.label for c in kept]
+    splits = split_groups(labels, groups, fractions, seed)
+
+    keep = [include_normal or c.label != "normal" for c in kept]
+    kept, images, masks, splits, sizes, labels, groups = (
+        [x for x, k in zip(seq, keep) if k]
+        for seq in (kept, images, masks, splits, sizes, labels, [kept[g].name for g in groups])
+    )
+    out = Path(out)
+    _write_split(out, kept, images, masks, splits, groups, sizes, table)
+    report = _report(kept, labels, splits, groups, skipped)
+    splits_doc = {
+        "seed": seed, "size": size, "twin_threshold": twin_threshold,
+        "fractions": list(fractions), "include_normal": include_normal,
+        "counts": report.counts, "n_groups": report.n_groups,
+        "n_grouped_images": report.n_grouped_images,
+        "cross_class_groups": report.cross_class_groups, "skipped": skipped,
+        **{s: sorted(c.name for c, sp in zip(kept, splits) if sp == s) for s in SPLITS},
+    }
+    (out / "splits.json").write_text(json.dumps(splits_doc, indent=1))
+    return report
+
+
+def _find(raw: Path | str, include_normal: bool,
+          normal_without_mask: bool) -> tuple[list[RawCase], list[str], bool]:
+    """(cases, skipped lines, include_normal) for a BUSI tree or a plain labelled folder."""
     if is_plain_layout(raw):
         cases, missing = find_plain_cases(raw, normal_without_mask)
         include_normal = True
@@ -134,7 +167,12 @@ def prepare(
             raise FileNotFoundError(f"{Path(raw) / 'normal'}: --include-normal given but no "
                                     "folder")
         cases, missing = find_cases(raw, classes)
-    skipped = [f"{p}: image has no mask file" for p in missing]
+    return cases, [f"{p}: image has no mask file" for p in missing], include_normal
+
+
+def _read_cases(cases: list[RawCase], size: int, skipped: list[str]):
+    """(kept cases, images, masks, thumbnails, original sizes); unreadable files are added to
+    `skipped`. `size` 0 keeps the original resolution (twins are found on thumbnails)."""
     kept: list[RawCase] = []
     images, masks, thumbs, sizes = [], [], [], []
     for case in tqdm(cases, desc="reading", unit="img", leave=False):
@@ -152,24 +190,14 @@ def prepare(
         if size > 0:
             images.append(resize_image(gray, (size, size)))
             masks.append(resize_mask(mask, (size, size)))
-        else:  # keep the original resolution (same split: twins are found on thumbnails)
+        else:
             images.append(torch.from_numpy(gray))
             masks.append(torch.from_numpy(mask))
-    if not kept:
-        raise ValueError(f"{raw}: no readable image with a mask was found")
-    pairs = twin_pairs(np.stack(thumbs), twin_threshold) + table_pairs(
-        kept, table, group_column)
-    groups = group_ids(len(kept), pairs)
-    labels = [c.label for c in kept]
-    splits = split_groups(labels, groups, fractions, seed)
+    return kept, images, masks, thumbs, sizes
 
-    keep = [include_normal or c.label != "normal" for c in kept]
-    kept, images, masks, splits, sizes, labels, groups = (
-        [x for x, k in zip(seq, keep) if k]
-        for seq in (kept, images, masks, splits, sizes, labels, [kept[g].name for g in groups])
-    )
 
-    out = Path(out)
+def _write_split(out: Path, kept, images, masks, splits, groups, sizes, table) -> None:
+    """`out/{train,val,test}/{images,masks}` and `out/manifest.csv`."""
     for s in SPLITS:
         (out / s / "images").mkdir(parents=True, exist_ok=True)
         (out / s / "masks").mkdir(parents=True, exist_ok=True)
@@ -190,6 +218,9 @@ def prepare(
         writer.writeheader()
         writer.writerows(rows)
 
+
+def _report(kept, labels, splits, groups, skipped) -> PrepareReport:
+    """Counts per split and class, near-duplicate groups and groups that mix classes."""
     size_of = Counter(groups)
     grouped = [i for i, g in enumerate(groups) if size_of[g] > 1]
     by_group: dict[int, list[int]] = {}
@@ -200,14 +231,4 @@ def prepare(
     counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     for label, split in zip(labels, splits):
         counts[split][label] = counts[split].get(label, 0) + 1
-    report = PrepareReport(counts, len(by_group), len(grouped), cross, skipped)
-    splits_doc = {
-        "seed": seed, "size": size, "twin_threshold": twin_threshold,
-        "fractions": list(fractions), "include_normal": include_normal,
-        "counts": counts, "n_groups": report.n_groups,
-        "n_grouped_images": report.n_grouped_images,
-        "cross_class_groups": cross, "skipped": skipped,
-        **{s: sorted(c.name for c, sp in zip(kept, splits) if sp == s) for s in SPLITS},
-    }
-    (out / "splits.json").write_text(json.dumps(splits_doc, indent=1))
-    return report
+    return PrepareReport(counts, len(by_group), len(grouped), cross, skipped)

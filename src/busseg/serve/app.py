@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from busseg import __version__
 from busseg.checkpoint import load_model
-from busseg.imageio import ImageReadError, read_upload
+from busseg.imageio import ImageReadError, ImageTooLarge, read_upload
 from busseg.inference import predict_maps, torch_forward
 from busseg.postprocess import decide
 from busseg.predict import gray_image, lesion_stats, overlay_image
@@ -156,11 +156,47 @@ def _one_of(name: str, query, form):
     return query if query is not None else form
 
 
+class Segmenter:
+    """Uploaded bytes -> the answer of /v1/segment: JSON statistics or one of the PNGs."""
+
+    def __init__(self, loaded, max_pixels: int) -> None:
+        self.loaded, self.max_pixels = loaded, max_pixels
+        self.forward = torch_forward(loaded)
+
+    def __call__(self, data: bytes, name: str, threshold: float | None, output: Output):
+        try:
+            scan = read_upload(data, name, frames="first", max_pixels=self.max_pixels)[0]
+            gray = to_gray01(scan.pixels)
+            spacing, shape = scan.pixel_spacing_mm, scan.shape
+            del scan  # the decoded pixels are not needed any more: keep peak memory low
+        except ImageTooLarge as exc:
+            raise HTTPException(413, f"{name}: {exc.reason}") from None
+        except ImageReadError as exc:
+            raise HTTPException(422, f"{name}: {exc.reason}") from None
+        except ValueError as exc:
+            raise HTTPException(422, f"{name}: {exc}") from None
+        settings = self.loaded.settings.replace(threshold=threshold)
+        pred = predict_maps(self.forward, [gray], self.loaded.size, settings.tta,
+                            shapes=[shape])[0]
+        prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
+        if output is Output.mask:
+            return _png(Image.fromarray(mask.astype(np.uint8) * 255))
+        if output is Output.overlay:
+            return _png(overlay_image(gray, mask))
+        if output is Output.scan:
+            return _png(gray_image(gray, shape))
+        if output is Output.prob:
+            return _png(Image.fromarray((prob * 255 + 0.5).astype(np.uint8)))
+        return SegmentResult(model=self.loaded.name, version=__version__,
+                             threshold=settings.threshold, lesion_score=pred.score,
+                             **lesion_stats(mask, prob, spacing))
+
+
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     """Build the app; the model is loaded once, here."""
     cfg = config or ServeConfig()
     loaded = load_model(cfg.checkpoint)
-    forward = torch_forward(loaded)
+    run_model = Segmenter(loaded, cfg.max_pixels)
     gate = asyncio.Semaphore(cfg.concurrency)
     waiting = {"n": 0}
     app = FastAPI(title="busseg", version=__version__,
@@ -171,16 +207,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
               415: {"model": ErrorBody}, 422: {"model": ErrorBody},
               503: {"model": ErrorBody}}
 
-    app.state.read_timeout_s = cfg.read_timeout_s  # the headers' deadline (serve.protocol)
-    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes + 64 * 1024,  # + multipart framing
-                       read_timeout=cfg.read_timeout_s)
-
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
-        return response
-
+    _install_guards(app, cfg)
     page = (STATIC / "index.html").read_text(encoding="utf-8")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -191,32 +218,6 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     def healthz() -> dict:
         return {"status": "ok", "model": loaded.name, "version": __version__,
                 "threshold": loaded.settings.threshold, "postprocess": loaded.settings.to_dict()}
-
-    def run_model(data: bytes, name: str, threshold: float | None, output: Output):
-        try:
-            scan = read_upload(data, name, frames="first", max_pixels=cfg.max_pixels)[0]
-            gray = to_gray01(scan.pixels)
-            spacing, shape = scan.pixel_spacing_mm, scan.shape
-            del scan  # the decoded pixels are not needed any more: keep peak memory low
-        except ImageReadError as exc:
-            code = 413 if "limit" in exc.reason or "too large" in exc.reason else 422
-            raise HTTPException(code, f"{name}: {exc.reason}") from None
-        except ValueError as exc:
-            raise HTTPException(422, f"{name}: {exc}") from None
-        settings = loaded.settings.replace(threshold=threshold)
-        pred = predict_maps(forward, [gray], loaded.size, settings.tta, shapes=[shape])[0]
-        prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
-        if output is Output.mask:
-            return _png(Image.fromarray(mask.astype(np.uint8) * 255))
-        if output is Output.overlay:
-            return _png(overlay_image(gray, mask))
-        if output is Output.scan:
-            return _png(gray_image(gray, shape))
-        if output is Output.prob:
-            return _png(Image.fromarray((prob * 255 + 0.5).astype(np.uint8)))
-        stats = lesion_stats(mask, prob, spacing)
-        return SegmentResult(model=loaded.name, version=__version__,
-                             threshold=settings.threshold, lesion_score=pred.score, **stats)
 
     @app.post("/v1/segment", response_model=SegmentResult, responses={
         **errors, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG"}})
@@ -257,13 +258,27 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         finally:
             waiting["n"] -= 1
 
+    return app
+
+
+def _install_guards(app: FastAPI, cfg: ServeConfig) -> None:
+    """Upload size and read deadlines, security headers on every response, JSON errors (503
+    with Retry-After)."""
+    app.state.read_timeout_s = cfg.read_timeout_s  # the headers' deadline (serve.protocol)
+    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes + 64 * 1024,  # + multipart framing
+                       read_timeout=cfg.read_timeout_s)
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
         headers = {"Retry-After": "1"} if exc.status_code == 503 else None
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
                             headers=headers)
-
-    return app
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
