@@ -34,3 +34,22 @@ def test_shipped_recipe_parses():
 
     cfg = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml")
     assert cfg.model.width == 16 and cfg.optimizer == "adamw"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("schedule=cosin", "schedule"), ("optimizer=sgd", "optimizer"), ("amp=fp16", "amp"),
+    ("lr=-1", "lr"), ("epochs=0", "epochs"), ("ema=1.5", "ema"), ("device=gpu", "device"),
+    ("model.stem_stride=3", "model.stem_stride"), ("augment.p=2", "augment.p"),
+    ("normal_share=1", "normal_share"), ("threshold=0", "threshold"),
+])
+def test_every_bad_value_fails_at_load_naming_its_key(override, key):
+    with pytest.raises(ValueError, match=f"config key '{key}'"):
+        resolve_config(None, [override])
+
+
+def test_config_round_trips_through_its_dict():
+    from busseg.config import TrainConfig, config_to_dict, from_dict
+
+    cfg = resolve_config(None, ["model.presence_head=true", "augment.ramp=0.3", "init=default"])
+    again = from_dict(TrainConfig, config_to_dict(cfg))
+    assert again == cfg and again.model.presence_head and again.init == "default"

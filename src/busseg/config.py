@@ -1,124 +1,99 @@
-"""Typed training configuration: dataclasses, an optional YAML file, `key=value` overrides.
+"""Typed, validated training configuration: pydantic models, an optional YAML file, overrides.
 
-Unknown keys are errors. `resolve_config(path, ["epochs=5", "model.width=24"])` returns a
-`TrainConfig`; `asdict(cfg)` is what each run folder keeps as `config.yaml`.
+`resolve_config(path, ["epochs=5", "model.width=24"])` returns a `TrainConfig`. Unknown keys and
+bad values are errors that name the key; `config_to_dict(cfg)` is what each run folder keeps as
+`config.yaml` and every checkpoint as `config`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
-@dataclass
-class ModelConfig:
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
     """Which model to build (`busseg.models.MODELS`) and its shape."""
 
     name: str = "unet"
-    width: int = 16
-    depth: int = 4
-    stem_stride: int = 2
+    width: int = Field(16, ge=1)
+    depth: int = Field(4, ge=1, le=6)
+    stem_stride: Literal[1, 2] = 2
     deep_supervision: bool = False
     presence_head: bool = False
 
 
-@dataclass
-class AugmentConfig:
+class AugmentConfig(_Strict):
     """Batched tensor augmentation; `*_malignant` values apply to malignant images."""
 
-    flip: float = 0.5
-    rotate_deg: float = 15.0
-    scale: float = 0.15
-    translate: float = 0.08
-    brightness: float = 0.15
-    contrast: float = 0.2
-    gamma: float = 0.25
-    noise: float = 0.05
-    blur: float = 0.2
-    ramp: float = 0.0
-    p: float = 0.8
-    p_malignant: float = 1.0
-    strength_malignant: float = 1.3
+    flip: float = Field(0.5, ge=0.0, le=1.0)
+    rotate_deg: float = Field(15.0, ge=0.0, le=180.0)
+    scale: float = Field(0.15, ge=0.0, lt=1.0)
+    translate: float = Field(0.08, ge=0.0, le=0.5)
+    brightness: float = Field(0.15, ge=0.0, le=1.0)
+    contrast: float = Field(0.2, ge=0.0, lt=1.0)
+    gamma: float = Field(0.25, ge=0.0, lt=1.0)
+    noise: float = Field(0.05, ge=0.0, le=1.0)
+    blur: float = Field(0.2, ge=0.0, le=1.0)
+    ramp: float = Field(0.0, ge=0.0, lt=1.0)
+    p: float = Field(0.8, ge=0.0, le=1.0)
+    p_malignant: float = Field(1.0, ge=0.0, le=1.0)
+    strength_malignant: float = Field(1.3, ge=0.0, le=3.0)
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(_Strict):
     """Everything a training run needs; saved resolved beside the weights."""
 
     data: str = "data"
     out: str = "results"
-    size: int = 256
-    epochs: int = 100
-    batch_size: int = 8
+    size: int = Field(256, ge=16)
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(8, ge=1)
     optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: float = Field(1e-4, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
     schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: int = 0
-    ema: float = 0.0
+    warmup_epochs: int = Field(0, ge=0)
+    ema: float = Field(0.0, ge=0.0, lt=1.0)  # 0: no EMA weights
     select: Literal["best", "last"] = "best"
-    patience: int = 20
-    min_epochs: int = 0
-    presence_weight: float = 0.5
+    patience: int = Field(20, ge=1)
+    min_epochs: int = Field(0, ge=0)
+    presence_weight: float = Field(0.5, ge=0.0)
     init: str | None = None  # start from weights: 'default' (the shipped model) or a path
-    limit: int = 0  # train on this many training scans only (0: all)
+    limit: int = Field(0, ge=0)  # train on this many training scans only (0: all)
     seed: int = 0
-    threads: int = 0
-    device: str = "auto"
+    threads: int = Field(0, ge=0)  # 0: PyTorch's choice
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     channels_last: bool = True
     amp: Literal["auto", "fp32", "bf16"] = "auto"
-    normal_share: float = 0.0
-    threshold: float = 0.5
+    normal_share: float = Field(0.0, ge=0.0, lt=1.0)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
     progress: bool = True
     sync_bn: bool = False
-    model: ModelConfig = field(default_factory=ModelConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
-def _coerce(value: Any, typ: Any, key: str) -> Any:
-    if dataclasses.is_dataclass(typ):
-        if not isinstance(value, dict):
-            raise ValueError(f"config key {key!r} must be a mapping")
-        return from_dict(typ, value, prefix=f"{key}.")
-    if typing.get_origin(typ) in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.lower() in ("null", "none")):
-            return None
-        inner = next(t for t in typing.get_args(typ) if t is not type(None))
-        return _coerce(value, inner, key)
-    if typing.get_origin(typ) is Literal:
-        choices = typing.get_args(typ)
-        if value not in choices:
-            raise ValueError(f"config key {key!r} must be one of {', '.join(choices)}, "
-                             f"got {value!r}")
-        return value
-    if typ is bool:
-        if isinstance(value, str):
-            if value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"config key {key!r} expects a boolean, got {value!r}")
-        return bool(value)
+def _message(err: dict) -> str:
+    key = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        return f"unknown config key {key!r}"
+    return f"config key {key!r}: {err['msg'].lower()}, got {err.get('input')!r}"
+
+
+def from_dict(cls: type[BaseModel], data: dict) -> Any:
+    """Build config model `cls` from a (nested) dict; unknown keys and bad values raise one
+    ValueError naming every offending key."""
     try:
-        return typ(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"config key {key!r} expects {typ.__name__}, got {value!r}") from None
-
-
-def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
-    """Build dataclass `cls` from a (nested) dict; unknown keys raise ValueError."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s): {', '.join(prefix + k for k in unknown)}")
-    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError("; ".join(_message(e) for e in exc.errors())) from None
 
 
 def resolve_config(
@@ -143,10 +118,12 @@ def resolve_config(
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
         node[leaf] = yaml.safe_load(raw)
     return from_dict(TrainConfig, data)
 
 
-def config_to_dict(cfg: Any) -> dict:
-    """Plain nested dict of a config dataclass (safe for YAML, JSON and checkpoints)."""
-    return dataclasses.asdict(cfg)
+def config_to_dict(cfg: BaseModel) -> dict:
+    """Plain nested dict of a config (safe for YAML, JSON and checkpoints)."""
+    return cfg.model_dump()

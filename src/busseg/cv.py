@@ -8,7 +8,6 @@ held-out predictions are then gathered into out-of-fold (OOF) results in `OUT/oo
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 import time
@@ -110,7 +109,7 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
             raise ValueError(f"fold {fold} out of range 0-{k - 1}")
         fold_dir = out / f"fold_{fold}"
         if not fold_done(fold_dir):
-            fold_cfg = dataclasses.replace(cfg, out=str(fold_dir))
+            fold_cfg = cfg.model_copy(update={"out": str(fold_dir)})
             resume = (fold_dir / "last.pt").is_file()
             log.info("fold %d/%d: %s", fold, k, "resuming" if resume else "training")
             t0 = time.time()
