@@ -64,3 +64,22 @@ def test_every_option_has_help():
         for action in parser._actions:
             if action.dest != "help":
                 assert action.help, f"busseg {verb} {action.option_strings} has no help"
+
+
+def test_core_verbs_run_without_the_optional_extras(tmp_path):
+    """prepare/train/evaluate/predict import nothing from the serve, onnx or report stacks; a
+    verb that needs one says which extra to install."""
+    script = f"""
+import sys
+for m in ("fastapi", "uvicorn", "starlette", "multipart", "onnx", "onnxruntime", "onnxscript",
+          "matplotlib", "nbclient", "nbformat"):
+    sys.modules[m] = None  # importing them now fails, as when the extra is not installed
+from busseg.cli import main
+assert main(["predict", "--samples", "--out", {str(tmp_path / "p")!r}]) == 0
+sys.exit(main(["serve"]))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert (tmp_path / "p" / "results.csv").is_file()
+    assert "pip install 'busseg[serve]'" in r.stderr and "Traceback" not in r.stderr

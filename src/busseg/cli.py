@@ -354,6 +354,12 @@ def _add_export(sub) -> None:
     s.set_defaults(func=_export)
 
 
+EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "multipart": "serve",
+          "python_multipart": "serve", "onnx": "onnx", "onnxruntime": "onnx",
+          "onnxscript": "onnx", "matplotlib": "report", "nbclient": "report",
+          "nbformat": "report"}  # optional module -> the pyproject extra that installs it
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="busseg", description=__doc__)
     p.add_argument("--version", action="version", version=f"busseg {__version__}")
@@ -373,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {msg}", file=sys.stderr)
+        return 1
+    except ImportError as exc:
+        extra = EXTRAS.get((exc.name or "").split(".")[0])
+        if extra is None:
+            raise
+        print(f"error: busseg {args.verb} needs {exc.name}, part of the '{extra}' extra: "
+              f"pip install 'busseg[{extra}]'", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
