@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import string
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from busseg.models import count_parameters
 from busseg.preprocess import resize_image
 
 SHIPPED_RUN = run_dir_of(DEFAULT_WEIGHTS)
+REPORT_TEMPLATE = string.Template(
+    (Path(__file__).parent / "templates" / "report.html").read_text(encoding="utf-8"))
 
 
 def model_summary(loaded: LoadedModel) -> dict:
@@ -202,56 +205,13 @@ def _html(run, data, s, rows, arch, figs, ece) -> str:
     table = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>"
                     for r in sorted(rows, key=lambda r: r["dice"]))
     head = "".join(f'<th data-col="{i}">{c}</th>' for i, c in enumerate(cols))
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>busseg report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
-table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; }}
-td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
-th {{ background: #f0f0f0; cursor: pointer; }}
-td:first-child, th:first-child {{ text-align: left; }}
-img {{ max-width: 100%; display: block; margin: 0.5em 0 1.5em; }}
-.kpi {{ font-size: 1.3em; }}
-</style></head><body>
-<h1>busseg report</h1>
-<p>Run: <code>{html.escape(str(run))}</code> · data: <code>{html.escape(str(data))}</code> ·
-threshold {s['threshold']:.2f}</p>
-<h2>Final performance</h2>
-<p class="kpi">Mean Dice {s['dice']:.4f} (95% bootstrap CI {lo:.4f}–{hi:.4f}) over
-{s['n_images']} lesion images · IoU {s['iou']:.4f} · HD95 {s['hd95']:.1f} px ·
-pixel accuracy {s['accuracy']:.4f} · calibration ECE {ece:.4f}</p>
-<table id="perf"><tr><th>class</th><th>images</th><th>Dice</th><th>IoU</th><th>HD95 (px)</th>
-<th>false-positive rate</th></tr>{perf}</table>
-<h2>Model</h2>
-<p>{arch['params']:,} parameters · {arch['gflops']:.2f} GFLOPs per {arch['size']}×{arch['size']}
-image · config <code>{html.escape(str(arch['config']))}</code></p>
-<table><tr><th>stage</th><th>resolution</th><th>channels</th></tr>{stages}</table>
-<h2>Data</h2><img alt="data overview" src="{figs['overview']}">
-<h2>Training curves</h2><img alt="training curves" src="{figs['curves']}">
-<h2>Predictions beside ground truth</h2><img alt="example cases" src="{figs['cases']}">
-<h2>Dice per class</h2><img alt="Dice distribution" src="{figs['dice']}">
-<h2>Results by group</h2><img alt="Dice by group" src="{figs['groups']}">
-<h2>Calibration</h2><img alt="reliability diagram" src="{figs['reliability']}">
-<h2>Per-image results</h2>
-<p>Click a column header to sort.</p>
-<table id="per-image"><thead><tr>{head}</tr></thead><tbody>{table}</tbody></table>
-<script>
-document.querySelectorAll("#per-image th").forEach(function (th) {{
-  th.addEventListener("click", function () {{
-    var body = document.querySelector("#per-image tbody");
-    var col = Number(th.dataset.col);
-    var asc = th.dataset.asc !== "1";
-    th.dataset.asc = asc ? "1" : "0";
-    var rows = Array.from(body.rows);
-    rows.sort(function (a, b) {{
-      var x = a.cells[col].textContent, y = b.cells[col].textContent;
-      var nx = parseFloat(x), ny = parseFloat(y);
-      var cmp = (isNaN(nx) || isNaN(ny)) ? x.localeCompare(y) : nx - ny;
-      return asc ? cmp : -cmp;
-    }});
-    rows.forEach(function (r) {{ body.appendChild(r); }});
-  }});
-}});
-</script>
-</body></html>
-"""
+    values = {
+        "run": html.escape(str(run)), "data": html.escape(str(data)),
+        "threshold": f"{s['threshold']:.2f}", "dice": f"{s['dice']:.4f}", "lo": f"{lo:.4f}",
+        "hi": f"{hi:.4f}", "n_images": s["n_images"], "iou": f"{s['iou']:.4f}",
+        "hd95": f"{s['hd95']:.1f}", "accuracy": f"{s['accuracy']:.4f}", "ece": f"{ece:.4f}",
+        "perf": perf, "params": f"{arch['params']:,}", "gflops": f"{arch['gflops']:.2f}",
+        "size": arch["size"], "config": html.escape(str(arch["config"])), "stages": stages,
+        "head": head, "table": table, **{f"fig_{k}": v for k, v in figs.items()},
+    }
+    return REPORT_TEMPLATE.substitute(values)
