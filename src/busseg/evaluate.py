@@ -8,14 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from busseg.data.dataset import label_of, list_pairs, load_pair
 from busseg.groups import format_groups, per_group, read_groups
-from busseg.imageio import ImageReadError
+from busseg.imageio import ImageReadError, mask_image
 from busseg.inference import make_forward, predict_maps
-from busseg.jsonio import write_json
+from busseg.jsonio import write_csv, write_json
 from busseg.metrics import METRICS, Reliability, bootstrap_ci, image_metrics, nanmean
 from busseg.postprocess import PostprocessSettings, decide, plain_settings
 from busseg.safety import claim
@@ -71,11 +70,8 @@ def read_rows(path: Path | str) -> list[dict]:
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    """Per-image rows as CSV."""
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    """Per-image rows as CSV (`read_rows` reads them back)."""
+    write_csv(path, rows, list(rows[0]))
 
 
 EVAL_OUTPUTS = ("metrics.json", "per_image.csv", "reliability.json", "test_preds")
@@ -138,7 +134,7 @@ def evaluate(
             continue
         p = predict_maps(forward, [gray], size, settings.tta, batch_size)[0]
         pred = decide(p.prob, p.score, settings)
-        Image.fromarray(pred.astype(np.uint8) * 255).save(pred_dir / f"{img_path.stem}_pred.png")
+        mask_image(pred).save(pred_dir / f"{img_path.stem}_pred.png")
         rows.append(score_image(img_path.stem, truth, pred, p.score))
         reliability.add(p.prob, truth)
         if on_image is not None:

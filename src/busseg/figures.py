@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from busseg.data.dataset import CLASS_NAMES, LESION_CLASSES  # noqa: E402
 from busseg.metrics import Reliability  # noqa: E402
 
 CLASS_COLORS = {"benign": "#1f77b4", "malignant": "#d62728", "normal": "#2ca02c",
@@ -73,7 +74,7 @@ def groups_figure(per_group: dict):
 
 def dice_distribution_figure(rows: list[dict]):
     """Per-image Dice per class as box plots with the points over them."""
-    classes = [c for c in ("benign", "malignant", "normal", "unknown")
+    classes = [c for c in (*CLASS_NAMES, "unknown")
                if any(r["class"] == c for r in rows)]
     fig, ax = plt.subplots(figsize=(6, 4))
     data = [[r["dice"] for r in rows if r["class"] == c] for c in classes]
@@ -165,7 +166,7 @@ def to_data_uri(fig) -> str:
 def pick_cases(rows: list[dict]) -> list[tuple[str, dict]]:
     """Best, median and worst image by Dice within each class present (normal: worst only)."""
     picked = []
-    for c in ("benign", "malignant", "unknown", "normal"):
+    for c in (*LESION_CLASSES, "unknown", "normal"):
         sub = sorted((r for r in rows if r["class"] == c), key=lambda r: r["dice"])
         if not sub:
             continue

@@ -127,6 +127,11 @@ def read_mask(path: Path | str) -> np.ndarray:
     return arr > 0
 
 
+def mask_image(mask: np.ndarray) -> Image.Image:
+    """A boolean mask as an 8-bit image: lesion 255, background 0 (what `read_mask` reads)."""
+    return Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
+
+
 def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
                max_pixels: int | None = None) -> list[Scan]:
     """Read a DICOM file into one Scan per chosen frame (`all`, `first`, `middle` or an index)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import glob
 import json
 import logging
@@ -15,8 +14,16 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from busseg.imageio import IMAGE_SUFFIXES, ImageReadError, Scan, is_dicom, read_scans
+from busseg.imageio import (
+    IMAGE_SUFFIXES,
+    ImageReadError,
+    Scan,
+    is_dicom,
+    mask_image,
+    read_scans,
+)
 from busseg.inference import make_forward, predict_maps
+from busseg.jsonio import write_csv
 from busseg.postprocess import PostprocessSettings, decide
 from busseg.preprocess import to_gray01
 from busseg.safety import claim, existing, inside
@@ -237,7 +244,7 @@ def _write_scan(out: Path, path: Path, scan: Scan, gray: np.ndarray, pred, setti
                              "this run; not replaced (choose another --out)")
         return
     prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(out / f"{name}_mask.png")
+    mask_image(mask).save(out / f"{name}_mask.png")
     if opts["save_prob"]:
         Image.fromarray((prob * 255 + 0.5).astype(np.uint8)).save(out / f"{name}_prob.png")
     if opts["overlay"]:
@@ -260,12 +267,9 @@ def _write_results(out: Path, report: PredictReport, threshold: float) -> None:
          "skipped": report.skipped}, indent=1))
     fields = ["name", "file", "frame", "height", "width", "lesion_area_px", "lesion_fraction",
               "bbox_xyxy", "n_lesions", "mean_prob", "lesion_area_mm2", "lesion_score"]
-    with open(out / "results.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        for r in report.rows:
-            bbox = r["bbox_xyxy"]
-            writer.writerow({**r, "bbox_xyxy": " ".join(map(str, bbox)) if bbox else ""})
+    write_csv(out / "results.csv", [
+        {**r, "bbox_xyxy": " ".join(map(str, r["bbox_xyxy"])) if r["bbox_xyxy"] else ""}
+        for r in report.rows], fields)
 
 
 def sample_files() -> list[str]:

@@ -12,7 +12,6 @@ list of what `last.pt` keeps for `--resume`.
 from __future__ import annotations
 
 import copy
-import csv
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ from busseg.distributed import (
     barrier,
     broadcast_flag,
 )
+from busseg.jsonio import write_csv
 from busseg.losses import bce_dice_loss, deep_supervision_loss, presence_loss
 from busseg.metrics import batch_dice
 from busseg.models.unet import split_output
@@ -174,10 +174,7 @@ def save_logs(out: Path, history: list[dict]) -> None:
     for phase in ("train", "val"):
         for key in LOG_KEYS:
             np.save(out / f"{phase}_{key}.npy", np.array([h[f"{phase}_{key}"] for h in history]))
-    with open(out / "history.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
+    write_csv(out / "history.csv", history)
 
 
 def weight_checksum(model: nn.Module) -> list[float]:

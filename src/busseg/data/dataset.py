@@ -11,7 +11,8 @@ import torch
 from busseg.imageio import IMAGE_SUFFIXES, ImageReadError, read_mask, read_pil
 from busseg.preprocess import resize_image, resize_mask, to_gray01
 
-CLASS_NAMES = ("benign", "malignant", "normal")
+CLASS_NAMES = ("benign", "malignant", "normal")  # the one list of class names
+LESION_CLASSES = CLASS_NAMES[:2]
 
 
 def class_of(name: str) -> str:

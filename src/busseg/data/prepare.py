@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from busseg.data.dataset import LESION_CLASSES
 from busseg.data.raw import (
     RawCase,
     find_cases,
@@ -23,7 +24,8 @@ from busseg.data.raw import (
 )
 from busseg.data.split import SPLITS, split_groups
 from busseg.data.twins import DEFAULT_THRESHOLD, group_ids, thumbnail, twin_pairs
-from busseg.imageio import ImageReadError
+from busseg.imageio import ImageReadError, mask_image
+from busseg.jsonio import write_csv
 from busseg.preprocess import resize_image, resize_mask, to_gray01
 from busseg.safety import claim
 
@@ -161,7 +163,7 @@ def _find(raw: Path | str, include_normal: bool,
     else:
         # Twins and splits are computed over every class present, so the benign/malignant split
         # is the same with or without --include-normal (normal scans can chain lesion images).
-        classes = ("benign", "malignant") + (
+        classes = LESION_CLASSES + (
             ("normal",) if (Path(raw) / "normal").is_dir() else ())
         if include_normal and "normal" not in classes:
             raise FileNotFoundError(f"{Path(raw) / 'normal'}: --include-normal given but no "
@@ -206,17 +208,11 @@ def _write_split(out: Path, kept, images, masks, splits, groups, sizes, table) -
         d = out / split
         arr = (img.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
         Image.fromarray(arr).save(d / "images" / f"{case.name}.png")
-        Image.fromarray(msk.numpy().astype(np.uint8) * 255).save(
-            d / "masks" / f"{case.name}_mask.png"
-        )
+        mask_image(msk.numpy()).save(d / "masks" / f"{case.name}_mask.png")
         extra = {k: v for k, v in table.get(case.name, {}).items() if k not in RESERVED}
         rows.append({"name": case.name, "class": case.label, "orig_height": h, "orig_width": w,
                      "split": split, "group": grp, **extra})
-    with open(out / "manifest.csv", "w", newline="") as fh:
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-        writer = csv.DictWriter(fh, fieldnames=fields, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(out / "manifest.csv", rows)
 
 
 def _report(kept, labels, splits, groups, skipped) -> PrepareReport:

@@ -10,7 +10,6 @@ import numpy as np
 
 from busseg.imageio import ImageReadError, read_mask, read_pil
 
-CLASSES = ("benign", "malignant", "normal")
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<idx>\d+))?$")
 
 

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from busseg import __version__
 from busseg.checkpoint import load_model
-from busseg.imageio import ImageReadError, ImageTooLarge, read_upload
+from busseg.imageio import ImageReadError, ImageTooLarge, mask_image, read_upload
 from busseg.inference import predict_maps, torch_forward
 from busseg.postprocess import decide
 from busseg.predict import gray_image, lesion_stats, overlay_image
@@ -180,7 +180,7 @@ class Segmenter:
                             shapes=[shape])[0]
         prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
         if output is Output.mask:
-            return _png(Image.fromarray(mask.astype(np.uint8) * 255))
+            return _png(mask_image(mask))
         if output is Output.overlay:
             return _png(overlay_image(gray, mask))
         if output is Output.scan:
