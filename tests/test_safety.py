@@ -58,7 +58,7 @@ def test_evaluate_refuses_an_earlier_result(tiny_run, prepared, tmp_path, capsys
     assert (out / "metrics.json").read_text() == first
     assert main(args + ["--overwrite", "--plain"]) == 0
     assert not (out / "test_preds" / "stale_pred.png").exists()
-    assert json.loads((out / "metrics.json").read_text())["threshold"] == 0.5
+    assert json.loads((out / "metrics.json").read_text())["postprocess"]["threshold"] == 0.5
 
 
 def _scan_folder(folder):

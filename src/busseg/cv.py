@@ -214,7 +214,7 @@ def score_oof(cv_dir: Path, arrays: dict, settings: PostprocessSettings, label: 
     summary = summarise(rows)
     times = [json.loads((cv_dir / f"fold_{f}" / "train_summary.json").read_text())
              for f in range(doc["k"])]
-    summary.update({**settings.to_dict(), "postprocess": settings.to_dict(),
+    summary.update({"postprocess": settings.to_dict(),
                     "checkpoint": f"{cv_dir}/fold_*/unet_final.pt", "data": "out-of-fold",
                     "errors": [], "fold_train_time_s": [t["train_time_s"] for t in times],
                     "fold_precision": [t.get("precision", "fp32") for t in times]})

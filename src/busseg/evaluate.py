@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from busseg.data.dataset import label_of, list_pairs, load_pair
-from busseg.groups import format_groups, per_group, read_groups
+from busseg.groups import format_groups, missed_lesions, per_group, read_groups
 from busseg.imageio import ImageReadError, mask_image
 from busseg.inference import make_forward, predict_maps
 from busseg.jsonio import write_csv, write_json
@@ -28,10 +28,7 @@ def summarise(rows: list[dict]) -> dict:
     summary["n_images"] = len(lesion)
     summary["n_hd95"] = int(sum(not math.isnan(r["hd95"]) for r in lesion))
     summary["dice_ci95"] = list(bootstrap_ci([r["dice"] for r in lesion]))
-    with_lesion = [r for r in rows if r["true_area"] > 0]
-    summary["missed_lesion_rate"] = (float(np.mean([r["pred_area"] == 0 for r in with_lesion]))
-                                     if with_lesion else None)
-    summary["n_missed"] = int(sum(r["pred_area"] == 0 for r in with_lesion))
+    summary["n_missed"], summary["missed_lesion_rate"] = missed_lesions(rows)
     per_class = {}
     for c in sorted({r["class"] for r in rows}):
         sub = [r for r in rows if r["class"] == c]
@@ -143,7 +140,7 @@ def evaluate(
         raise ValueError(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)
     summary["per_group"] = per_group(rows, group_values)
-    summary.update({**settings.to_dict(), "postprocess": settings.to_dict(),
+    summary.update({"postprocess": settings.to_dict(),
                     "checkpoint": str(onnx_path if backend == "onnx" and onnx_path
                                       else checkpoint or "shipped"),
                     "backend": backend, "data": str(data), "errors": errors})

@@ -30,13 +30,18 @@ def read_groups(path: Path | str, columns: list[str]) -> dict[str, dict[str, str
     return {c: {r["name"]: r[c] for r in rows} for c in columns}
 
 
+def missed_lesions(rows: list[dict]) -> tuple[int, float | None]:
+    """How many lesion scans got an empty final mask, and their share (None: no lesion scan)."""
+    missed = [r["pred_area"] == 0 for r in rows if r["true_area"] > 0]
+    return int(sum(missed)), (float(np.mean(missed)) if missed else None)
+
+
 def group_stats(rows: list[dict]) -> dict:
     """Dice mean and 95% CI, n and missed-lesion rate of some per-image rows."""
     dice = [r["dice"] for r in rows]
     lo, hi = bootstrap_ci(dice)
-    missed = [r["pred_area"] == 0 for r in rows if r["true_area"] > 0]
     return {"n": len(rows), "dice": float(np.mean(dice)), "dice_ci95": [lo, hi],
-            "missed_lesion_rate": float(np.mean(missed)) if missed else None}
+            "missed_lesion_rate": missed_lesions(rows)[1]}
 
 
 def size_bin(row: dict) -> str | None:

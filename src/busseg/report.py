@@ -207,8 +207,8 @@ def _html(run, data, s, rows, arch, figs, ece) -> str:
     head = "".join(f'<th data-col="{i}">{c}</th>' for i, c in enumerate(cols))
     values = {
         "run": html.escape(str(run)), "data": html.escape(str(data)),
-        "threshold": f"{s['threshold']:.2f}", "dice": f"{s['dice']:.4f}", "lo": f"{lo:.4f}",
-        "hi": f"{hi:.4f}", "n_images": s["n_images"], "iou": f"{s['iou']:.4f}",
+        "threshold": f"{s['postprocess']['threshold']:.2f}", "dice": f"{s['dice']:.4f}",
+        "lo": f"{lo:.4f}", "hi": f"{hi:.4f}", "n_images": s["n_images"], "iou": f"{s['iou']:.4f}",
         "hd95": f"{s['hd95']:.1f}", "accuracy": f"{s['accuracy']:.4f}", "ece": f"{ece:.4f}",
         "perf": perf, "params": f"{arch['params']:,}", "gflops": f"{arch['gflops']:.2f}",
         "size": arch["size"], "config": html.escape(str(arch["config"])), "stages": stages,
