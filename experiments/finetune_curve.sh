@@ -19,7 +19,7 @@ for N in 25 50 100 0; do
     --no-progress
   busseg evaluate --checkpoint "$OUT/ft_$N/unet_final.pt" --data "$DATA/test" \
     --out "$OUT/eval_ft_$N" --plain
-  busseg train --config configs/busi.yaml --data "$DATA" --out "$OUT/scratch_$N" --limit $N \
+  busseg train --config configs/busi_presence.yaml --data "$DATA" --out "$OUT/scratch_$N" --limit $N \
     --no-progress
   busseg evaluate --checkpoint "$OUT/scratch_$N/unet_final.pt" --data "$DATA/test" \
     --out "$OUT/eval_scratch_$N" --plain

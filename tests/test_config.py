@@ -29,11 +29,15 @@ def test_bad_values(tmp_path):
         resolve_config(tmp_path / "missing.yaml")
 
 
-def test_shipped_recipe_parses():
+def test_shipped_configs_parse_and_busi_yaml_spells_out_the_defaults():
     from pathlib import Path
 
-    cfg = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml")
-    assert cfg.model.width == 16 and cfg.optimizer == "adamw"
+    configs = Path(__file__).parents[1] / "configs"
+    assert resolve_config(configs / "busi.yaml") == resolve_config(None)
+    for name in ("busi_presence.yaml", "finetune.yaml", "seed.yaml"):
+        cfg = resolve_config(configs / name)
+        assert cfg.model.width == 16 and cfg.model.stem_stride == 2
+    assert resolve_config(configs / "seed.yaml").optimizer == "adam"
 
 
 @pytest.mark.parametrize("override, key", [
@@ -53,3 +57,23 @@ def test_config_round_trips_through_its_dict():
     cfg = resolve_config(None, ["model.presence_head=true", "augment.ramp=0.3", "init=default"])
     again = from_dict(TrainConfig, config_to_dict(cfg))
     assert again == cfg and again.model.presence_head and again.init == "default"
+
+
+def test_defaults_are_the_shipped_models_recipe():
+    """Plain `busseg train` trains the recipe of the shipped weights."""
+    from pathlib import Path
+
+    import yaml
+
+    from busseg.config import config_to_dict
+
+    run = Path(__file__).parents[1] / "src" / "busseg" / "weights" / "busseg_default_run"
+    shipped = yaml.safe_load((run / "config.yaml").read_text())
+    defaults = config_to_dict(resolve_config(None))
+    for key in ("data", "out", "progress", "val_every"):  # paths, display, a retired key
+        shipped.pop(key, None)
+    for key, value in shipped.items():
+        if isinstance(value, dict):
+            assert {k: defaults[key][k] for k in value} == value, key
+        else:
+            assert defaults[key] == value, key

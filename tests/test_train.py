@@ -104,7 +104,8 @@ def test_lr_schedule_warms_up_then_decays_to_one_percent():
     assert [round(f(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
     assert f(10) == 1.0 and abs(f(30) - (0.01 + 0.99 * 0.5)) < 1e-9  # cosine mid-point
     assert abs(f(50) - 0.01) < 1e-9 and abs(f(500) - 0.01) < 1e-9  # floor at 1%
-    flat = lr_lambda(resolve_config(None, ["epochs=10", "warmup_epochs=0"]), 5)
+    flat = lr_lambda(resolve_config(None, ["epochs=10", "warmup_epochs=0", "schedule=constant"]),
+                     5)
     assert all(flat(s) == 1.0 for s in (0, 25, 49))
 
 

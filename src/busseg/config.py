@@ -48,22 +48,23 @@ class AugmentConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Everything a training run needs; saved resolved beside the weights."""
+    """Everything a training run needs; saved resolved beside the weights. The defaults are the
+    recipe of the shipped weights (`configs/busi.yaml` spells them out)."""
 
     data: str = "data"
     out: str = "results"
     size: int = Field(256, ge=16)
-    epochs: int = Field(100, ge=1)
+    epochs: int = Field(130, ge=1)
     batch_size: int = Field(8, ge=1)
-    optimizer: Literal["adam", "adamw"] = "adam"
-    lr: float = Field(1e-4, gt=0.0, le=1.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    schedule: Literal["constant", "cosine"] = "constant"
-    warmup_epochs: int = Field(0, ge=0)
-    ema: float = Field(0.0, ge=0.0, lt=1.0)  # 0: no EMA weights
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    lr: float = Field(1e-3, ge=0.0, le=1.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_epochs: int = Field(3, ge=0)
+    ema: float = Field(0.995, ge=0.0, lt=1.0)  # 0: no EMA weights
     select: Literal["best", "last"] = "best"
-    patience: int = Field(20, ge=1)
-    min_epochs: int = Field(0, ge=0)
+    patience: int = Field(40, ge=1)
+    min_epochs: int = Field(60, ge=0)
     presence_weight: float = Field(0.5, ge=0.0)
     init: str | None = None  # start from weights: 'default' (the shipped model) or a path
     limit: int = Field(0, ge=0)  # train on this many training scans only (0: all)
@@ -72,7 +73,7 @@ class TrainConfig(_Strict):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     channels_last: bool = True
     amp: Literal["auto", "fp32", "bf16"] = "auto"
-    normal_share: float = Field(0.0, ge=0.0, lt=1.0)
+    normal_share: float = Field(0.1, ge=0.0, lt=1.0)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     progress: bool = True
     sync_bn: bool = False
