@@ -1,12 +1,13 @@
 """Serving benchmark: POST /v1/segment on loopback under load, optionally with huge uploads.
 
-    python benchmarks/bench_serve.py [--clients 1 16 64] [--requests 40] [--seconds 30]
+    python benchmarks/bench_serve.py [--clients 1 16 64] [--requests 10] [--seconds 30]
                                      [--large-clients 2] [--large-format png]
 
 Starts `busseg serve`'s app (shipped model, or --checkpoint) with uvicorn in this process, then
 runs N concurrent client threads, each posting a real sample scan until the request count or the
-time budget is used up. `--large-clients K` adds K more threads that keep posting a 6324x6324
-RGB picture (40 megapixels, just under the default pixel limit) meanwhile. Prints one table row
+time budget is used up (after a 503 a client waits the Retry-After seconds). `--large-clients K`
+adds K more threads that keep posting a 6324x6324 RGB picture (40 megapixels, just under the
+default pixel limit) meanwhile. Prints one table row
 per setting: normal requests' throughput and p50/p95/p99 latency, answers by kind (200, 503
 with Retry-After, other), the large uploads' count and p95, and the process's memory (RSS
 before and after, peak). `--json PATH` writes the rows.
@@ -82,11 +83,16 @@ def client(url: str, name: str, data: bytes, rec: Recorder, total: int | None,
     with httpx.Client(timeout=300) as http:
         while not stop.is_set() and rec.take(total):
             t = time.perf_counter()
+            retry = 0.0
             try:
-                code = http.post(url + "/v1/segment", files={"file": (name, data)}).status_code
+                r = http.post(url + "/v1/segment", files={"file": (name, data)})
+                code = r.status_code
+                retry = float(r.headers.get("retry-after", 0)) if code == 503 else 0.0
             except httpx.HTTPError:
                 code = 0  # connection refused / reset: counted as an error
             rec.add(time.perf_counter() - t, code)
+            if retry:
+                stop.wait(retry)  # a polite client waits as the 503 asks
 
 
 def load(url: str, data: bytes, clients: int, total: int, seconds: float,

@@ -184,3 +184,19 @@ def test_slow_and_silent_clients_are_cut_off(tiny_run):
         assert all(a.startswith(b"HTTP/1.1 408") for p, a in answers if p == body)
         assert elapsed < 10
         assert httpx.get(url + "/healthz").status_code == 200
+
+
+def test_header_pixels_reads_sizes_without_decoding():
+    """The service's large-picture lane is chosen from the header alone."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from busseg.imageio import header_pixels
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((30, 40), np.uint8)).save(buf, format="PNG")
+    png = buf.getvalue()
+    assert header_pixels(png) == 1200
+    assert header_pixels(b"\x00" * 200) == 0 and header_pixels(b"\x00" * 128 + b"DICM") == 0

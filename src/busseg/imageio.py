@@ -270,6 +270,18 @@ def sniff(data: bytes) -> str | None:
     return None
 
 
+def header_pixels(data: bytes) -> int:
+    """A raster upload's pixel count from its header, without decoding (0 when unknown: DICOM,
+    or bytes Pillow cannot identify)."""
+    if sniff(data) in (None, "dicom"):
+        return 0
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return im.width * im.height
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return 0
+
+
 def read_upload(data: bytes, name: str, frames: str = "first",
                 max_pixels: int | None = None) -> list[Scan]:
     """Decode uploaded bytes by their content (never the file name)."""

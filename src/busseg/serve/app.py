@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 from dataclasses import dataclass
@@ -19,7 +20,13 @@ from starlette.concurrency import run_in_threadpool
 
 from busseg import __version__
 from busseg.checkpoint import load_model
-from busseg.imageio import ImageReadError, ImageTooLarge, mask_image, read_upload
+from busseg.imageio import (
+    ImageReadError,
+    ImageTooLarge,
+    header_pixels,
+    mask_image,
+    read_upload,
+)
 from busseg.inference import predict_maps, torch_forward
 from busseg.postprocess import decide
 from busseg.predict import gray_image, lesion_stats, overlay_image
@@ -35,6 +42,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+
+
+LARGE_PIXELS = 4_000_000  # uploads above this share at most concurrency - 1 inference slots
 
 
 @dataclass
@@ -198,6 +208,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     loaded = load_model(cfg.checkpoint)
     run_model = Segmenter(loaded, cfg.max_pixels)
     gate = asyncio.Semaphore(cfg.concurrency)
+    large_gate = asyncio.Semaphore(max(1, cfg.concurrency - 1))
     waiting = {"n": 0}
     app = FastAPI(title="busseg", version=__version__,
                   description="Breast-ultrasound lesion segmentation (research use only).",
@@ -250,7 +261,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             raise HTTPException(503, "busy: too many requests waiting; retry shortly")
         waiting["n"] += 1
         try:
-            async with gate:  # bounded concurrency: at most `concurrency` inferences at once
+            # large pictures take at most concurrency - 1 slots, so ordinary scans keep one
+            big = header_pixels(data) > LARGE_PIXELS
+            async with large_gate if big else contextlib.nullcontext(), gate:
                 return await asyncio.wait_for(
                     run_in_threadpool(run_model, data, name, threshold, output), cfg.timeout_s)
         except asyncio.TimeoutError:
