@@ -51,7 +51,7 @@ def test_print_config_shows_every_key_resolved(capsys):
                  "--set", "model.width=8", "--print-config"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["epochs"] == 7 and printed["model"]["width"] == 8
-    assert printed["optimizer"] == "adamw" and printed["model"]["presence_head"] is True
+    assert printed["optimizer"] == "adamw" and printed["schedule"] == "cosine"
     assert set(printed) == set(config_to_dict(TrainConfig()))
     assert main(["train", "--set", "schedule=cosin", "--print-config"]) == 1
     assert "schedule" in capsys.readouterr().err
