@@ -98,6 +98,9 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
     """
     from busseg.train import train
 
+    if cfg.select == "best":
+        log.warning("warning: select: best picks each fold's epoch on its held-out scans, so the "
+                    "out-of-fold figures are optimistic; --set select=last measures without it")
     out = Path(out)
     pool = read_pool(cfg.data)
     folds = assign_folds(pool, k, seed)
