@@ -218,3 +218,10 @@ def test_upload_limit_applies_while_the_body_streams(server):
         head = sock.recv(4096).decode(errors="replace")
     assert head.startswith("HTTP/1.1 413")
     assert httpx.get(server + "/healthz").status_code == 200
+
+
+def test_service_json_carries_every_lesion_statistic():
+    from busseg.predict import LESION_FIELDS
+    from busseg.serve.app import SegmentResult
+
+    assert set(LESION_FIELDS) <= set(SegmentResult.model_fields)

@@ -10,11 +10,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from busseg.config import TrainConfig
 from busseg.models import create_model
 from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, load_settings
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "busseg_default.safetensors"
+
+DEFAULTS = TrainConfig()  # size and threshold for files that do not record them
 
 
 @dataclass
@@ -44,7 +47,8 @@ class LoadedModel:
 def legacy_settings(meta: dict) -> PostprocessSettings:
     """Settings stored the older way (flat keys; the confidence gate is no longer applied)."""
     return PostprocessSettings(
-        threshold=float(meta.get("threshold", 0.5)), tta=bool(meta.get("tta", False)),
+        threshold=float(meta.get("threshold", DEFAULTS.threshold)),
+        tta=bool(meta.get("tta", False)),
         min_area_frac=float(meta.get("min_area_frac", 0.0)),
         keep_largest=bool(meta.get("keep_largest", False)))
 
@@ -76,8 +80,8 @@ def save_checkpoint(path: Path | str, state: dict[str, Any]) -> None:
 def checkpoint_meta(ckpt: dict) -> dict:
     """What inference needs from a `.pt` checkpoint dict (model config, size, settings keys)."""
     cfg = ckpt.get("config", {})
-    return {"model": cfg.get("model", {}), "size": cfg.get("size", 256),
-            "threshold": ckpt.get("threshold", cfg.get("threshold", 0.5)),
+    return {"model": cfg.get("model", {}), "size": cfg.get("size", DEFAULTS.size),
+            "threshold": ckpt.get("threshold", cfg.get("threshold", DEFAULTS.threshold)),
             "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
             "provenance": ckpt.get("provenance"), **ckpt.get("postprocess", {})}
 
@@ -117,7 +121,7 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
     net.eval().to(device)
     if device != "cuda":
         net = net.to(memory_format=torch.channels_last)
-    return LoadedModel(net, int(meta.get("size", 256)), meta.get("name", path.stem), meta,
+    return LoadedModel(net, int(meta.get("size", DEFAULTS.size)), meta.get("name", path.stem), meta,
                        settings_for(path, meta))
 
 

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from busseg.data.dataset import CLASS_NAMES, LESION_CLASSES  # noqa: E402
-from busseg.metrics import Reliability  # noqa: E402
+from busseg.metrics import LOG_KEYS, Reliability  # noqa: E402
 
 CLASS_COLORS = {"benign": "#1f77b4", "malignant": "#d62728", "normal": "#2ca02c",
                 "unknown": "#7f7f7f"}
@@ -24,7 +24,7 @@ def load_history(run_dir: Path | str) -> dict[str, np.ndarray]:
     run_dir = Path(run_dir)
     out = {}
     for phase in ("train", "val"):
-        for key in ("loss", "acc", "dice"):
+        for key in LOG_KEYS:
             path = run_dir / f"{phase}_{key}.npy"
             if path.is_file():
                 out[f"{phase}_{key}"] = np.load(path)

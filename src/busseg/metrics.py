@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 METRICS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95")
+LOG_KEYS = ("loss", "acc", "dice")  # per-epoch training logs: {train,val}_{key}.npy
 
 
 def _ratio(num: float, den: float) -> float:

@@ -112,6 +112,10 @@ def count_components(mask: np.ndarray) -> int:
         return int(ndimage.label(mask)[1])
 
 
+LESION_FIELDS = ("height", "width", "lesion_area_px", "lesion_fraction", "bbox_xyxy", "n_lesions",
+                 "mean_prob", "lesion_area_mm2")  # what lesion_stats gives, in this order
+
+
 def lesion_stats(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float] | None) -> dict:
     """Area, fraction, bounding box, number of connected lesions, mean probability inside."""
     area = int(mask.sum())
@@ -265,8 +269,7 @@ def _write_results(out: Path, report: PredictReport, threshold: float) -> None:
     (out / "results.json").write_text(json.dumps(
         {"threshold": threshold, "images": report.rows, "errors": report.errors,
          "skipped": report.skipped}, indent=1))
-    fields = ["name", "file", "frame", "height", "width", "lesion_area_px", "lesion_fraction",
-              "bbox_xyxy", "n_lesions", "mean_prob", "lesion_area_mm2", "lesion_score"]
+    fields = ["name", "file", "frame", *LESION_FIELDS, "lesion_score"]
     write_csv(out / "results.csv", [
         {**r, "bbox_xyxy": " ".join(map(str, r["bbox_xyxy"])) if r["bbox_xyxy"] else ""}
         for r in report.rows], fields)

@@ -18,9 +18,10 @@ from busseg.config import TrainConfig, config_to_dict
 from busseg.data.dataset import TensorSplit, load_split
 from busseg.distributed import DistInfo, cleanup
 from busseg.distributed import setup as dist_setup
+from busseg.metrics import LOG_KEYS
 from busseg.provenance import provenance
 from busseg.safety import claim
-from busseg.trainer import LOG_KEYS, Trainer
+from busseg.trainer import Trainer
 
 log = logging.getLogger("busseg.train")
 

@@ -37,12 +37,11 @@ from busseg.distributed import (
 )
 from busseg.jsonio import write_csv
 from busseg.losses import bce_dice_loss, deep_supervision_loss, presence_loss
-from busseg.metrics import batch_dice
+from busseg.metrics import LOG_KEYS, batch_dice
 from busseg.models.unet import split_output
 from busseg.precision import autocast, choose_precision
 
 log = logging.getLogger("busseg.train")
-LOG_KEYS = ("loss", "acc", "dice")
 
 
 def sample_weights(labels: list[str], normal_share: float) -> torch.Tensor:
