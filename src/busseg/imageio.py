@@ -132,6 +132,11 @@ def mask_image(mask: np.ndarray) -> Image.Image:
     return Image.fromarray(np.asarray(mask, dtype=bool).astype(np.uint8) * 255)
 
 
+def prob_image(prob: np.ndarray) -> Image.Image:
+    """A probability map in [0, 1] as an 8-bit gray image (rounded)."""
+    return Image.fromarray((np.asarray(prob) * 255 + 0.5).astype(np.uint8))
+
+
 def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
                max_pixels: int | None = None) -> list[Scan]:
     """Read a DICOM file into one Scan per chosen frame (`all`, `first`, `middle` or an index)."""

@@ -20,6 +20,7 @@ from busseg.imageio import (
     Scan,
     is_dicom,
     mask_image,
+    prob_image,
     read_scans,
 )
 from busseg.inference import make_forward, predict_maps
@@ -250,7 +251,7 @@ def _write_scan(out: Path, path: Path, scan: Scan, gray: np.ndarray, pred, setti
     prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
     mask_image(mask).save(out / f"{name}_mask.png")
     if opts["save_prob"]:
-        Image.fromarray((prob * 255 + 0.5).astype(np.uint8)).save(out / f"{name}_prob.png")
+        prob_image(prob).save(out / f"{name}_prob.png")
     if opts["overlay"]:
         overlay_image(gray, mask).save(out / f"{name}_overlay.png")
     if opts["model_id"] is not None:

@@ -98,21 +98,29 @@ def collect_results(run_dir: Path | str | None, data: Path | str,
         summary, rows, reliability, thumbs = _reuse_evaluation(Path(from_eval), ckpt, data)
         return RunResults(run, Path(data), summary, rows, history, model_summary(loaded),
                           reliability, thumbs)
-    reliability = Reliability()
     thumbs: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     rows: list[dict] = []
 
     def on_image(row: dict, gray: np.ndarray, truth: np.ndarray, prob: np.ndarray,
                  pred: np.ndarray) -> None:
         rows.append(row)
-        reliability.add(prob, truth)
-        thumbs[row["name"]] = (_small(gray), _small(truth) >= 0.5, _small(pred) >= 0.5)
+        thumbs[row["name"]] = _thumbs(gray, truth, pred)
 
     with tempfile.TemporaryDirectory() as tmp:
         summary = evaluate(ckpt, data, tmp, progress=progress, on_image=on_image,
                            groups=groups, group_by=group_by)
+        reliability = _read_reliability(Path(tmp))  # evaluate's own calibration bins
     return RunResults(run, Path(data), summary, rows, history, model_summary(loaded),
                       reliability, thumbs)
+
+
+def _thumbs(gray: np.ndarray, truth: np.ndarray, pred: np.ndarray):
+    """Small copies of a scan, its truth and its mask for the case figure."""
+    return _small(gray), _small(truth) >= 0.5, _small(pred) >= 0.5
+
+
+def _read_reliability(folder: Path) -> Reliability:
+    return Reliability.from_dict(json.loads((folder / "reliability.json").read_text()))
 
 
 def _same_path(a: str | Path, b: str | Path) -> bool:
@@ -137,13 +145,13 @@ def _reuse_evaluation(folder: Path, ckpt: Path | None, data: Path | str):
     if not _same_path(summary.get("data", ""), data):
         raise ValueError(f"{folder}: it evaluated {summary.get('data')!r}, not {str(data)!r}")
     rows = read_rows(files["per_image.csv"])
-    reliability = Reliability.from_dict(json.loads(files["reliability.json"].read_text()))
+    reliability = _read_reliability(folder)
     pairs = {img.stem: (img, mask) for img, mask in list_pairs(data)}
     thumbs = {}
     for _, row in pick_cases(rows):
         gray, truth = load_pair(*pairs[row["name"]])
         pred = read_mask(files["test_preds"] / f"{row['name']}_pred.png")
-        thumbs[row["name"]] = (_small(gray), _small(truth) >= 0.5, _small(pred) >= 0.5)
+        thumbs[row["name"]] = _thumbs(gray, truth, pred)
     return summary, rows, reliability, thumbs
 
 

@@ -11,7 +11,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
@@ -25,6 +24,7 @@ from busseg.imageio import (
     ImageTooLarge,
     header_pixels,
     mask_image,
+    prob_image,
     read_upload,
 )
 from busseg.inference import predict_maps, torch_forward
@@ -196,7 +196,7 @@ class Segmenter:
         if output is Output.scan:
             return _png(gray_image(gray, shape))
         if output is Output.prob:
-            return _png(Image.fromarray((prob * 255 + 0.5).astype(np.uint8)))
+            return _png(prob_image(prob))
         return SegmentResult(model=self.loaded.name, version=__version__,
                              threshold=settings.threshold, lesion_score=pred.score,
                              **lesion_stats(mask, prob, spacing))
