@@ -45,3 +45,40 @@ def test_missing_mask_is_a_clear_error(tiny_run, tmp_path):
     shutil.rmtree(tmp_path / "masks")
     with pytest.raises(FileNotFoundError, match="masks"):
         evaluate(tiny_run / "unet_final.pt", tmp_path, tmp_path / "ev", progress=False)
+
+
+def _shifted_copy(run, tmp_path, shift: float):
+    """A second model: the tiny run's checkpoint with its output bias shifted by `shift`."""
+    import torch
+
+    ckpt = torch.load(run / "unet_final.pt", weights_only=True)
+    last_bias = [k for k in ckpt["model_state"] if k.endswith("bias")][-1]
+    ckpt["model_state"][last_bias] = ckpt["model_state"][last_bias] + shift
+    path = tmp_path / "shifted.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_ensemble_averages_the_models_probabilities(tiny_run, prepared, tmp_path):
+    from busseg.checkpoint import load_model
+    from busseg.inference import make_forward, predict_maps, torch_forward
+
+    a, b = tiny_run / "unet_final.pt", _shifted_copy(tiny_run, tmp_path, 2.0)
+    image = scan(3, h=80, w=90)[0]
+    forward, size, settings = make_forward([a, b])
+    ens = predict_maps(forward, [image], size)[0].prob
+    singles = [predict_maps(torch_forward(load_model(p)), [image], size)[0].prob for p in (a, b)]
+    assert not np.allclose(singles[0], singles[1], atol=1e-3)
+    np.testing.assert_allclose(ens, (singles[0] + singles[1]) / 2, atol=1e-5)
+    assert settings == load_model(a).settings
+    s = evaluate([a, b], prepared / "test", tmp_path / "ev", progress=False, plain=True)
+    assert s["checkpoint"] == f"{a} + {b}"
+    with pytest.raises(ValueError, match="torch backend"):
+        make_forward([a, b], backend="onnx")
+
+
+def test_ensemble_refuses_models_of_different_sizes(tiny_run):
+    from busseg.inference import make_forward
+
+    with pytest.raises(ValueError, match="one input size"):
+        make_forward([tiny_run / "unet_final.pt", None])

@@ -245,7 +245,9 @@ def _add_cv(sub) -> None:
 
 def _add_evaluate(sub) -> None:
     s = _verb(sub, "evaluate", "score a model on a folder of images and masks")
-    s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
+    s.add_argument("--checkpoint", nargs="+",
+                   help="a .pt or .safetensors file (default: shipped model); several files "
+                   "score their ensemble (mean probability, the first file's settings)")
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
     s.add_argument("--out", default="results", help="where metrics and predictions go")
     s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from busseg.data.dataset import label_of, list_pairs, load_pair
 from busseg.groups import format_groups, missed_lesions, per_group, read_groups
 from busseg.imageio import ImageReadError, mask_image
-from busseg.inference import make_forward, predict_maps
+from busseg.inference import Checkpoints, make_forward, predict_maps
 from busseg.jsonio import write_csv, write_json
 from busseg.metrics import METRICS, Reliability, bootstrap_ci, image_metrics, nanmean
 from busseg.postprocess import PostprocessSettings, decide, plain_settings
@@ -75,7 +75,7 @@ EVAL_OUTPUTS = ("metrics.json", "per_image.csv", "reliability.json", "test_preds
 
 
 def evaluate(
-    checkpoint: Path | str | None,
+    checkpoint: Checkpoints,
     data: Path | str,
     out: Path | str = "results",
     threshold: float | None = None,
@@ -101,7 +101,8 @@ def evaluate(
     calibration bins go to reliability.json (the report's reliability diagram).
     `filter_components=False` drops the presence rule and component filter (keeping the
     model's threshold and TTA); `plain=True` scores the plain output (threshold 0.5, no TTA,
-    no rules). `threshold` and `tta` override either.
+    no rules). `threshold` and `tta` override either. A list of checkpoints scores their
+    ensemble (mean probability; the first model's settings).
     """
     out = Path(out)
     pairs = list_pairs(data)  # a bad data folder fails before anything is written
@@ -141,13 +142,22 @@ def evaluate(
     summary = summarise(rows)
     summary["per_group"] = per_group(rows, group_values)
     summary.update({"postprocess": settings.to_dict(),
-                    "checkpoint": str(onnx_path if backend == "onnx" and onnx_path
-                                      else checkpoint or "shipped"),
+                    "checkpoint": _model_label(checkpoint, onnx_path if backend == "onnx"
+                                               else None),
                     "backend": backend, "data": str(data), "errors": errors})
     write_json(out / "metrics.json", summary)
     write_rows(out / "per_image.csv", rows)
     write_json(out / "reliability.json", reliability.to_dict())
     return summary
+
+
+def _model_label(checkpoint: Checkpoints, onnx_path: Path | str | None) -> str:
+    """What metrics.json names as the scored model."""
+    if onnx_path:
+        return str(onnx_path)
+    if isinstance(checkpoint, (list, tuple)):
+        return " + ".join(map(str, checkpoint)) or "shipped"
+    return str(checkpoint or "shipped")
 
 
 def format_summary(s: dict) -> str:

@@ -60,14 +60,49 @@ def onnx_forward(onnx_path: Path | str, threads: int = 0) -> Forward:
     return run
 
 
-def make_forward(checkpoint: Path | str | None, backend: str = "torch",
+def average_forward(forwards: Sequence[Forward]) -> Forward:
+    """An ensemble: the mean of several models' probabilities (and of their lesion scores when
+    every model has one)."""
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        outs = [f(x) for f in forwards]
+        prob = torch.stack([p for p, _ in outs]).mean(0)
+        scores = [s for _, s in outs]
+        if any(s is None for s in scores):
+            return prob, None
+        return prob, torch.stack(scores).mean(0)
+
+    return run
+
+
+def ensemble_forward(checkpoints: Sequence[Path | str], device: str = "cpu"):
+    """(forward, input size, settings) of an ensemble of `.pt` / `.safetensors` models, which
+    must share one input size; the post-processing settings are the first model's."""
+    models = [load_model(c, "cuda" if device == "cuda" else "cpu") for c in checkpoints]
+    sizes = {m.size for m in models}
+    if len(sizes) > 1:
+        raise ValueError(f"an ensemble needs one input size; these models have {sorted(sizes)}")
+    forward = average_forward([torch_forward(m, device) for m in models])
+    return forward, models[0].size, models[0].settings
+
+
+Checkpoints = Path | str | None | Sequence[Path | str]
+
+
+def make_forward(checkpoint: Checkpoints, backend: str = "torch",
                  onnx_path: Path | str | None = None, device: str = "cpu",
                  export_dir: Path | None = None):
     """(forward, input size, settings) for a backend. An ONNX file carries its own settings
     (None for a file without them: the caller decides); `--backend onnx` without a file exports
-    the checkpoint to `export_dir`/model.onnx first."""
+    the checkpoint to `export_dir`/model.onnx first. Several checkpoints make an ensemble
+    (torch backend only)."""
     if backend not in ("torch", "onnx"):
         raise ValueError(f"unknown backend {backend!r} (torch, onnx)")
+    if isinstance(checkpoint, (list, tuple)):
+        if len(checkpoint) > 1:
+            if backend != "torch":
+                raise ValueError("an ensemble of several checkpoints runs on the torch backend")
+            return ensemble_forward(checkpoint, device)
+        checkpoint = checkpoint[0] if checkpoint else None
     if backend == "onnx" and onnx_path is not None:
         from busseg.export import read_onnx_metadata
         from busseg.postprocess import PostprocessSettings
