@@ -3,11 +3,11 @@
     python benchmarks/bench_serve.py [--clients 1 16 64] [--requests 10] [--seconds 30]
                                      [--large-clients 2] [--large-format png]
 
-Starts `busseg serve`'s app (shipped model, or --checkpoint) with uvicorn in this process, then
-runs N concurrent client threads, each posting a real sample scan until the request count or the
-time budget is used up (after a 503 a client waits the Retry-After seconds). `--large-clients K`
-adds K more threads that keep posting a 6324x6324 RGB picture (40 megapixels, just under the
-default pixel limit) meanwhile. Prints one table row
+Starts `busseg serve`'s app (shipped model, --checkpoint, or --onnx FILE) with uvicorn in this
+process, then runs N concurrent client threads, each posting a real sample scan (653x620 PNG)
+until the request count or the time budget is used up (after a 503 a client waits the
+Retry-After seconds). `--large-clients K` adds K more threads that keep posting a 6324x6324 RGB
+picture (40 megapixels, just under the default pixel limit) meanwhile. Prints one table row
 per setting: normal requests' throughput and p50/p95/p99 latency, answers by kind (200, 503
 with Retry-After, other), the large uploads' count and p95, and the process's memory (RSS
 before and after, peak). `--json PATH` writes the rows.
@@ -159,12 +159,15 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=2, help="server's inference slots")
     ap.add_argument("--queue", type=int, default=16, help="server's waiting requests")
     ap.add_argument("--checkpoint")
+    ap.add_argument("--onnx", help="serve this exported file with ONNX Runtime "
+                    "(busseg export [--int8])")
     ap.add_argument("--json")
     args = ap.parse_args()
     data = Path(sample_files()[0]).read_bytes()
     large = large_picture(args.large_format) if args.large_clients else None
     rows = []
-    cfg = ServeConfig(args.checkpoint, concurrency=args.concurrency, queue=args.queue)
+    cfg = ServeConfig(args.checkpoint, concurrency=args.concurrency, queue=args.queue,
+                      onnx=args.onnx)
     with running(create_app(cfg)) as url:
         httpx.post(url + "/v1/segment", files={"file": ("s.png", data)}, timeout=120)  # warm-up
         for n in args.clients:

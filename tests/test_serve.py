@@ -225,3 +225,24 @@ def test_service_json_carries_every_lesion_statistic():
     from busseg.serve.app import SegmentResult
 
     assert set(LESION_FIELDS) <= set(SegmentResult.model_fields)
+
+
+def test_serves_an_exported_onnx_model_like_the_torch_one(tiny_run, server, tmp_path):
+    from busseg.export import export_onnx
+
+    onnx = export_onnx(tiny_run / "unet_final.pt", tmp_path / "tiny.onnx")
+    img, _ = scan(5, h=120, w=150)
+    def image(url, output):
+        return np.array(Image.open(io.BytesIO(post(url, _png(img), output=output).content)))
+
+    torch_prob = image(server, "prob").astype(int)
+    assert torch_prob.std() > 1  # a map with structure, so the comparison means something
+    with running(create_app(ServeConfig(onnx=str(onnx)))) as url:
+        health = httpx.get(url + "/healthz").json()
+        assert (health["backend"], health["model"]) == ("onnx", "tiny")
+        onnx_prob = image(url, "prob").astype(int)
+        assert onnx_prob.shape == (120, 150)
+        assert np.abs(onnx_prob - torch_prob).max() <= 2
+        assert post(url, _png(img)).json()["model"] == "tiny"
+    with pytest.raises(ValueError, match="not both"):
+        create_app(ServeConfig(str(tiny_run / "unet_final.pt"), onnx=str(onnx)))

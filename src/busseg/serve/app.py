@@ -27,8 +27,8 @@ from busseg.imageio import (
     prob_image,
     read_upload,
 )
-from busseg.inference import predict_maps, torch_forward
-from busseg.postprocess import decide
+from busseg.inference import Forward, make_forward, predict_maps, torch_forward
+from busseg.postprocess import PostprocessSettings, decide
 from busseg.predict import gray_image, lesion_stats, overlay_image
 from busseg.preprocess import to_gray01
 from busseg.serve.protocol import DEFAULT_READ_TIMEOUT_S, uvicorn_config
@@ -59,6 +59,7 @@ class ServeConfig:
     timeout_s: float = 30.0
     docs: bool = False
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    onnx: str | None = None  # an exported model run with ONNX Runtime instead of PyTorch
 
 
 class Output(str, Enum):
@@ -166,12 +167,35 @@ def _one_of(name: str, query, form):
     return query if query is not None else form
 
 
+@dataclass
+class ServedModel:
+    """What the service runs: a forward function, its input size, settings and name."""
+
+    forward: Forward
+    size: int
+    settings: PostprocessSettings
+    name: str
+
+
+def load_served(cfg: ServeConfig) -> ServedModel:
+    """The configured model: an exported ONNX file (`cfg.onnx`) or PyTorch weights."""
+    if cfg.onnx and cfg.checkpoint:
+        raise ValueError("give a checkpoint or an ONNX file to serve, not both")
+    if cfg.onnx:
+        forward, size, settings = make_forward(None, "onnx", cfg.onnx)
+        if settings is None:
+            raise ValueError(f"{cfg.onnx}: the file carries no busseg settings; export it "
+                             "with busseg export")
+        return ServedModel(forward, size, settings, Path(cfg.onnx).stem)
+    loaded = load_model(cfg.checkpoint)
+    return ServedModel(torch_forward(loaded), loaded.size, loaded.settings, loaded.name)
+
+
 class Segmenter:
     """Uploaded bytes -> the answer of /v1/segment: JSON statistics or one of the PNGs."""
 
-    def __init__(self, loaded, max_pixels: int) -> None:
-        self.loaded, self.max_pixels = loaded, max_pixels
-        self.forward = torch_forward(loaded)
+    def __init__(self, model: ServedModel, max_pixels: int) -> None:
+        self.model, self.max_pixels = model, max_pixels
 
     def __call__(self, data: bytes, name: str, threshold: float | None, output: Output):
         try:
@@ -185,8 +209,8 @@ class Segmenter:
             raise HTTPException(422, f"{name}: {exc.reason}") from None
         except ValueError as exc:
             raise HTTPException(422, f"{name}: {exc}") from None
-        settings = self.loaded.settings.replace(threshold=threshold)
-        pred = predict_maps(self.forward, [gray], self.loaded.size, settings.tta,
+        settings = self.model.settings.replace(threshold=threshold)
+        pred = predict_maps(self.model.forward, [gray], self.model.size, settings.tta,
                             shapes=[shape])[0]
         prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
         if output is Output.mask:
@@ -197,7 +221,7 @@ class Segmenter:
             return _png(gray_image(gray, shape))
         if output is Output.prob:
             return _png(prob_image(prob))
-        return SegmentResult(model=self.loaded.name, version=__version__,
+        return SegmentResult(model=self.model.name, version=__version__,
                              threshold=settings.threshold, lesion_score=pred.score,
                              **lesion_stats(mask, prob, spacing))
 
@@ -205,8 +229,8 @@ class Segmenter:
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     """Build the app; the model is loaded once, here."""
     cfg = config or ServeConfig()
-    loaded = load_model(cfg.checkpoint)
-    run_model = Segmenter(loaded, cfg.max_pixels)
+    model = load_served(cfg)
+    run_model = Segmenter(model, cfg.max_pixels)
     gate = asyncio.Semaphore(cfg.concurrency)
     large_gate = asyncio.Semaphore(max(1, cfg.concurrency - 1))
     waiting = {"n": 0}
@@ -227,8 +251,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "model": loaded.name, "version": __version__,
-                "threshold": loaded.settings.threshold, "postprocess": loaded.settings.to_dict()}
+        return {"status": "ok", "model": model.name, "version": __version__,
+                "backend": "onnx" if cfg.onnx else "torch",
+                "threshold": model.settings.threshold, "postprocess": model.settings.to_dict()}
 
     @app.post("/v1/segment", response_model=SegmentResult, responses={
         **errors, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG"}})
