@@ -1,0 +1,94 @@
+"""Where a training step of the default model spends its time, by kind of operator.
+
+    python benchmarks/profile_train.py [--precision bf16|fp32] [--steps 10] [--batch 8]
+
+Profiles `--steps` training steps (augmentation, forward, backward, Adam), exactly as
+`bench_speed.py` times them, with torch.profiler, and prints the share of the step's CPU time
+spent in convolutions (forward and backward), batch norm, element-wise work and everything
+else. Only convolution time runs near the matmul roof; the rest is memory-bound, which bounds
+the fraction of the roof a whole step can reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from busseg.config import AugmentConfig, resolve_config
+from busseg.data.augment import augment_batch
+from busseg.losses import bce_dice_loss
+from busseg.models import create_model
+from busseg.models.unet import split_output
+
+SIZE = 256
+KINDS = (  # first match wins; names are ATen / oneDNN operator names
+    ("convolution", ("conv", "mkldnn_convolution")),
+    ("batch norm", ("batch_norm",)),
+    ("augmentation", ("grid_sampler", "affine_grid", "normal", "uniform", "rand")),
+    ("optimizer", ("_foreach", "adam")),
+    ("pool / upsample copy", ("max_pool", "cat", "copy_", "contiguous", "to_copy", "clone")),
+    ("element-wise", ("relu", "threshold", "add", "mul", "sub", "div", "sigmoid", "binary_cross",
+                      "sum", "mean", "pow", "sqrt", "where", "fill", "zero", "clamp")),
+)
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    for kind, keys in KINDS:
+        if any(k in low for k in keys):
+            return kind
+    return "other"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+    mc = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml").model
+    model = create_model(mc.name, width=mc.width, depth=mc.depth, stem_stride=mc.stem_stride)
+    model = model.to(memory_format=torch.channels_last).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    images = torch.randint(0, 256, (64, 1, SIZE, SIZE), dtype=torch.uint8)
+    masks = (torch.rand(64, 1, SIZE, SIZE) > 0.8).to(torch.uint8)
+    gen = torch.Generator().manual_seed(0)
+    bf16 = args.precision == "bf16"
+
+    def step() -> None:
+        idx = torch.randint(0, 64, (args.batch,))
+        x, y = images[idx].float() / 255, masks[idx].float()
+        x, y = augment_batch(x, y, idx % 3 == 0, AugmentConfig(), gen)
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out, _ = split_output(model(x))
+        loss = bce_dice_loss(out.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):
+        step()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step()
+    wall = (time.perf_counter() - t0) / args.steps
+    shares: dict[str, float] = defaultdict(float)
+    for ev in prof.key_averages():
+        shares[kind_of(ev.key)] += ev.self_cpu_time_total
+    total = sum(shares.values())
+    print(f"{args.precision}, batch {args.batch}, {torch.get_num_threads()} threads: "
+          f"{wall * 1e3:.0f} ms per step under the profiler")
+    print(f"{'kind':<22} {'share of CPU time':>18}")
+    for kind, t in sorted(shares.items(), key=lambda kv: -kv[1]):
+        print(f"{kind:<22} {t / total:17.1%}")
+
+
+if __name__ == "__main__":
+    main()
