@@ -107,6 +107,10 @@ def test_lr_schedule_warms_up_then_decays_to_one_percent():
     flat = lr_lambda(resolve_config(None, ["epochs=10", "warmup_epochs=0", "schedule=constant"]),
                      5)
     assert all(flat(s) == 1.0 for s in (0, 25, 49))
+    long = lr_lambda(resolve_config(None, ["epochs=10", "warmup_epochs=2",
+                                           "schedule_epochs=30"]), 5)
+    assert abs(long(80) - (0.01 + 0.99 * 0.5)) < 1e-9  # the mid-point of a 30-epoch cosine
+    assert long(49) > 0.5  # epoch 10 ends far above the floor
 
 
 def test_validation_dice_counts_lesion_scans_only():

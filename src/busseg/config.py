@@ -60,6 +60,7 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, ge=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     schedule: Literal["constant", "cosine"] = "cosine"
+    schedule_epochs: int | None = Field(None, ge=1)  # the cosine's length (None: epochs)
     warmup_epochs: int = Field(3, ge=0)
     ema: float = Field(0.995, ge=0.0, lt=1.0)  # 0: no EMA weights
     select: Literal["best", "last"] = "best"

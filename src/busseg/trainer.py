@@ -56,9 +56,10 @@ def sample_weights(labels: list[str], normal_share: float) -> torch.Tensor:
 
 
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
-    """Step-wise multiplier: linear warm-up, then constant or cosine decay to 1%."""
+    """Step-wise multiplier: linear warm-up, then constant or cosine decay to 1% over
+    `schedule_epochs` (default `epochs`; longer: the run stops before the schedule ends)."""
     warm = cfg.warmup_epochs * steps_per_epoch
-    total = max(cfg.epochs * steps_per_epoch, 1)
+    total = max((cfg.schedule_epochs or cfg.epochs) * steps_per_epoch, 1)
 
     def f(step: int) -> float:
         if step < warm:
