@@ -143,6 +143,14 @@ def test_int8_export_runs_and_stays_close(presence_model, prepared, tmp_path):
     int8_weights = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
     n_conv = sum(n.op_type in ("Conv", "ConvTranspose") for n in graph.node)
     assert len(int8_weights) >= n_conv - 1  # every convolution's weights stored as int8
+    consumers = {i: n.op_type for n in graph.node for i in n.input}
+    for op in ("MaxPool", "Concat"):  # activations stay int8 between convolutions
+        outs = [n.output[0] for n in graph.node if n.op_type == op
+                and (op == "MaxPool" or "/ups." in n.output[0])]  # not the shape arithmetic
+        assert outs and all(consumers.get(o) == "QuantizeLinear" for o in outs), op
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    assert all(n.input[1] in floats  # transposed convolutions keep fp32 weights
+               for n in graph.node if n.op_type == "ConvTranspose")
     x = torch.rand(2, 1, 64, 64)
     p32, s32 = onnx_forward(fp32)(x)
     p8, s8 = onnx_forward(int8)(x)

@@ -112,10 +112,16 @@ def calibration_batches(image_dir: Path | str, size: int, n: int = 64) -> list:
     return [prepare_input(read_pil(f), size).numpy() for f in files[::step][:n]]
 
 
-def quantize_int8(fp32_path: Path | str, out: Path | str, batches: list) -> Path:
-    """Static int8 quantization of an exported fp32 model's 3x3 and 1x1 convolutions (QDQ,
-    per-channel weights, calibrated on `batches`; the transposed convolutions stay fp32, which
-    is both faster and closer to fp32 than quantizing them); the busseg metadata is kept."""
+INT8_OPS = ("Conv", "Relu", "MaxPool", "Concat")
+
+
+def quantize_int8(fp32_path: Path | str, out: Path | str, batches: list,
+                  op_types: tuple[str, ...] = INT8_OPS) -> Path:
+    """Static int8 quantization of an exported fp32 model (QDQ, per-channel weights,
+    calibrated on `batches`): the 3x3 and 1x1 convolutions, and the ReLUs, pools and
+    concatenations between them, so activations stay int8 from one convolution to the next;
+    the transposed convolutions stay fp32 (faster in ONNX Runtime than quantized ones, or than
+    rewriting them as a 1x1 convolution and a pixel shuffle). The busseg metadata is kept."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -143,7 +149,7 @@ def quantize_int8(fp32_path: Path | str, out: Path | str, batches: list) -> Path
             quantize_static(str(Path(fp32_path).resolve()), str(Path(cwd, out).resolve()),
                             Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            op_types_to_quantize=["Conv"])
+                            op_types_to_quantize=list(op_types))
         finally:
             os.chdir(cwd)
             root.setLevel(level)
