@@ -36,7 +36,7 @@ def test_the_probe_leaves_model_and_rng_untouched():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
     model.eval()
-    probe = probe_bf16(model, size=32, steps=1)
+    probe = probe_bf16(model, size=32, rounds=1, warmup=1)
     assert probe["fp32_s_per_step"] > 0
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BatchNorm stats included

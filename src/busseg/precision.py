@@ -44,32 +44,37 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _step_time(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, steps: int) -> float:
-    """Seconds per forward + backward step (after one warm-up step)."""
-    best = float("inf")
-    for i in range(steps + 1):
-        t = time.perf_counter()
-        with autocast(dtype, x.device):
-            out = model(x)
-        seg = out[0] if isinstance(out, tuple) else out
-        seg = seg[0] if isinstance(seg, list) else seg
-        seg.float().mean().backward()
-        if i > 0:
-            best = min(best, time.perf_counter() - t)
+def _step_time(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> float:
+    """Seconds of one forward + backward step."""
+    t = time.perf_counter()
+    with autocast(dtype, x.device):
+        out = model(x)
+    seg = out[0] if isinstance(out, tuple) else out
+    seg = seg[0] if isinstance(seg, list) else seg
+    seg.float().mean().backward()
     model.zero_grad(set_to_none=True)
-    return best
+    return time.perf_counter() - t
 
 
-def probe_bf16(model: nn.Module, size: int, batch: int = 4, steps: int = 3) -> dict[str, float]:
-    """Time a few training steps of a copy of `model` in fp32 and in bf16 autocast on the CPU
+def probe_bf16(model: nn.Module, size: int, batch: int = 4, rounds: int = 4,
+               warmup: int = 2) -> dict[str, float]:
+    """Time training steps of a copy of `model` in fp32 and in bf16 autocast on the CPU, taken
+    in turn (so a busy host slows both alike) after `warmup` steps of each, best of `rounds`
     (the model itself, its BatchNorm statistics and the global RNG stay untouched); return
     seconds per step and the speed-up."""
     gen = torch.Generator().manual_seed(0)
     x = torch.rand(batch, 1, size, size, generator=gen).contiguous(
         memory_format=torch.channels_last)
     model = copy.deepcopy(model).train()
-    fp32 = _step_time(model, x, None, steps)
-    bf16 = _step_time(model, x, torch.bfloat16, steps)
+    kinds = (None, torch.bfloat16)
+    for dtype in kinds:
+        for _ in range(warmup):
+            _step_time(model, x, dtype)
+    best = {dtype: float("inf") for dtype in kinds}
+    for _ in range(rounds):
+        for dtype in kinds:
+            best[dtype] = min(best[dtype], _step_time(model, x, dtype))
+    fp32, bf16 = best[None], best[torch.bfloat16]
     return {"fp32_s_per_step": fp32, "bf16_s_per_step": bf16, "bf16_speedup": fp32 / bf16}
 
 
