@@ -19,6 +19,7 @@ import numpy as np
 
 
 def session(path: Path, threads: int, static_dims: bool):
+    """An ONNX Runtime CPU session (threads 0: its default; static_dims: batch 1, 256x256)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
