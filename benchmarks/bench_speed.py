@@ -31,6 +31,13 @@ from busseg.precision import choose_precision
 SIZE, EPOCH_IMAGES = 256, 470
 
 
+def default_model() -> torch.nn.Module:
+    """The shipped architecture as `configs/busi.yaml` describes it."""
+    mc = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml").model
+    return create_model(mc.name, width=mc.width, depth=mc.depth, stem_stride=mc.stem_stride,
+                        presence_head=mc.presence_head)
+
+
 def timed(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:
     """Median seconds of `fn()` over `repeats` runs after `warmup` runs."""
     for _ in range(warmup):
@@ -80,8 +87,9 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def train_speed(model, device, batch: int, repeats: int, dtype, sync) -> float:
-    """Training images/s: augment + forward + backward + Adam step on a batch."""
+def train_step(model, device, batch: int, dtype):
+    """One training step as `busseg train` runs it: batched augmentation of uint8 in-memory data,
+    forward (bf16 autocast when `dtype`), BCE + Dice, backward, Adam."""
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
     images = torch.randint(0, 256, (64, 1, SIZE, SIZE), dtype=torch.uint8, device=device)
@@ -101,7 +109,12 @@ def train_speed(model, device, batch: int, repeats: int, dtype, sync) -> float:
         loss.backward()
         opt.step()
 
-    return batch / timed(step, repeats, 2, sync)
+    return step
+
+
+def train_speed(model, device, batch: int, repeats: int, dtype, sync) -> float:
+    """Training images/s: augment + forward + backward + Adam step on a batch."""
+    return batch / timed(train_step(model, device, batch, dtype), repeats, 2, sync)
 
 
 def infer_eager(model, device, batch: int, repeats: int, dtype, sync) -> float:
@@ -181,22 +194,17 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    mc = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml").model
-
-    def default():
-        return create_model(mc.name, width=mc.width, depth=mc.depth, stem_stride=mc.stem_stride,
-                            presence_head=mc.presence_head)
-
-    chosen, why = choose_precision("auto", device, default().to(memory_format=torch.channels_last))
+    probe_model = default_model().to(memory_format=torch.channels_last)
+    chosen, why = choose_precision("auto", device, probe_model)
     res: dict = {"host": torch.cuda.get_device_name() if cuda else host_facts(),
                  "torch": torch.__version__, "auto_precision": why}
     roofs = {"fp32": matmul_roof(device, sync, torch.float32)}
     if chosen is not None:
         roofs["bf16"] = matmul_roof(device, sync, torch.bfloat16)
     res["roofs"] = roofs
-    rows = [measure("default", default, None, device, args, sync, roofs)]
+    rows = [measure("default", default_model, None, device, args, sync, roofs)]
     if chosen is not None:
-        rows.append(measure("default", default, chosen, device, args, sync, roofs))
+        rows.append(measure("default", default_model, chosen, device, args, sync, roofs))
     rows.append(measure("classic", lambda: create_model("unet_classic"), None, device, args,
                         sync, roofs))
     res["rows"] = rows

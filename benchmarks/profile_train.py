@@ -14,20 +14,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
+from bench_speed import default_model, train_step  # the step bench_speed.py times
 from torch.profiler import ProfilerActivity, profile
 
-from busseg.config import AugmentConfig, resolve_config
-from busseg.data.augment import augment_batch
-from busseg.losses import bce_dice_loss
-from busseg.models import create_model
-from busseg.models.unet import split_output
-
-SIZE = 256
 KINDS = (  # first match wins; names are ATen / oneDNN operator names
-    ("convolution", ("conv", "mkldnn_convolution")),
+    ("convolution", ("conv",)),  # aten and oneDNN convolutions, forward and backward
     ("batch norm", ("batch_norm",)),
     ("augmentation", ("grid_sampler", "affine_grid", "normal", "uniform", "rand")),
     ("optimizer", ("_foreach", "adam")),
@@ -51,26 +44,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
-    mc = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml").model
-    model = create_model(mc.name, width=mc.width, depth=mc.depth, stem_stride=mc.stem_stride)
-    model = model.to(memory_format=torch.channels_last).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    images = torch.randint(0, 256, (64, 1, SIZE, SIZE), dtype=torch.uint8)
-    masks = (torch.rand(64, 1, SIZE, SIZE) > 0.8).to(torch.uint8)
-    gen = torch.Generator().manual_seed(0)
-    bf16 = args.precision == "bf16"
-
-    def step() -> None:
-        idx = torch.randint(0, 64, (args.batch,))
-        x, y = images[idx].float() / 255, masks[idx].float()
-        x, y = augment_batch(x, y, idx % 3 == 0, AugmentConfig(), gen)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            out, _ = split_output(model(x))
-        loss = bce_dice_loss(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    model = default_model().to(memory_format=torch.channels_last)
+    dtype = torch.bfloat16 if args.precision == "bf16" else None
+    step = train_step(model, torch.device("cpu"), args.batch, dtype)
 
     for _ in range(3):
         step()
