@@ -23,6 +23,8 @@ def test_unknown_keys_are_errors(tmp_path):
 def test_bad_values(tmp_path):
     with pytest.raises(ValueError, match="epochs"):
         resolve_config(None, ["epochs=many"])
+    with pytest.raises(ValueError, match="'loss'.*'dice'"):
+        resolve_config(None, ["loss=dice"])
     with pytest.raises(ValueError, match="key=value"):
         resolve_config(None, ["epochs"])
     with pytest.raises(FileNotFoundError, match="config file not found"):

@@ -151,3 +151,19 @@ def test_ema_or_raw_weights_chosen_by_val_dice_unless_select_last(tmp_path):
 
     assert chosen("best", +1) and not chosen("best", -1)  # the better of the two
     assert chosen("last", +1) and chosen("last", -1)  # always the EMA weights
+
+
+def test_validation_loss_is_the_configured_training_loss():
+    from busseg.losses import bce_tversky_loss
+    from busseg.models import create_model
+    from busseg.trainer import validate
+
+    lesion = np.zeros((32, 32), bool)
+    lesion[8:24, 8:24] = True
+    model = create_model("unet", width=4, depth=2, stem_stride=1).eval()
+    split = _split([lesion, lesion], ["benign", "malignant"])
+    cfg = resolve_config(None, ["channels_last=false", "loss=bce_tversky"])
+    x, y = split.batch(torch.arange(2), "cpu")
+    with torch.no_grad():
+        expected = float(bce_tversky_loss(model(x).float(), y))
+    assert abs(validate(model, split, cfg, "cpu")["loss"] - expected) < 1e-5

@@ -76,6 +76,7 @@ class TrainConfig(_Strict):
     amp: Literal["auto", "fp32", "bf16"] = "auto"
     normal_share: float = Field(0.1, ge=0.0, lt=1.0)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    loss: Literal["bce_dice", "bce_tversky", "focal_dice"] = "bce_dice"  # busseg.losses
     progress: bool = True
     sync_bn: bool = False
     model: ModelConfig = Field(default_factory=ModelConfig)

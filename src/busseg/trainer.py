@@ -36,7 +36,7 @@ from busseg.distributed import (
     broadcast_flag,
 )
 from busseg.jsonio import write_csv
-from busseg.losses import bce_dice_loss, deep_supervision_loss, presence_loss
+from busseg.losses import deep_supervision_loss, presence_loss, seg_loss
 from busseg.metrics import LOG_KEYS, batch_dice
 from busseg.models.unet import split_output
 from busseg.precision import autocast, choose_precision
@@ -87,15 +87,16 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def training_loss(outputs, y: torch.Tensor, presence_weight: float):
-    """BCE + Dice (with deep supervision) plus, for models with a presence head, a weighted BCE
-    on "this image holds a lesion" (taken from the augmented mask). Returns (loss, seg logits)."""
+def training_loss(outputs, y: torch.Tensor, presence_weight: float, loss: str = "bce_dice"):
+    """The segmentation loss `loss` (with deep supervision) plus, for models with a presence
+    head, a weighted BCE on "this image holds a lesion" (taken from the augmented mask).
+    Returns (loss, seg logits)."""
     seg, presence = split_output(outputs)
     seg = [o.float() for o in seg] if isinstance(seg, list) else seg.float()
-    loss = deep_supervision_loss(seg, y)
+    total = deep_supervision_loss(seg, y, loss_fn=seg_loss(loss))
     if presence is not None and presence_weight > 0:
-        loss = loss + presence_weight * presence_loss(presence.float(), y)
-    return loss, (seg[0] if isinstance(seg, list) else seg)
+        total = total + presence_weight * presence_loss(presence.float(), y)
+    return total, (seg[0] if isinstance(seg, list) else seg)
 
 
 def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -127,7 +128,8 @@ class Totals:
 def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: torch.device,
              batch_size: int = 16, info: DistInfo | None = None,
              dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Mean loss, pixel accuracy and per-image Dice at the training size.
+    """Mean loss (the training's segmentation loss), pixel accuracy and per-image Dice at the
+    training size.
 
     Dice is averaged over lesion images (benign, malignant, unknown) when the split has any, so
     model selection tracks the lesion Dice that evaluation reports; normal images still count in
@@ -148,7 +150,7 @@ def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: tor
         logits = logits.float()
         acc, dice = batch_scores(torch.sigmoid(logits) >= cfg.threshold, y)
         keep = torch.tensor([(split.labels[i] != "normal") or not has_lesion for i in idx])
-        t.loss += float(bce_dice_loss(logits, y)) * len(idx)
+        t.loss += float(seg_loss(cfg.loss)(logits, y)) * len(idx)
         t.acc += acc * len(idx)
         t.dice += float(dice.cpu()[keep].sum())
         t.dice_images += float(keep.sum())
@@ -327,7 +329,7 @@ class Trainer:
         """One optimiser step on a batch; its figures are added to `totals`."""
         with autocast(self.dtype, self.device):
             outputs = self.net(x)
-        loss, logits = training_loss(outputs, y, self.cfg.presence_weight)
+        loss, logits = training_loss(outputs, y, self.cfg.presence_weight, self.cfg.loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
