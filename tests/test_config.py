@@ -36,9 +36,11 @@ def test_shipped_configs_parse_and_busi_yaml_spells_out_the_defaults():
 
     configs = Path(__file__).parents[1] / "configs"
     assert resolve_config(configs / "busi.yaml") == resolve_config(None)
-    for name in ("busi_presence.yaml", "finetune.yaml", "seed.yaml"):
+    for name in ("busi_presence.yaml", "seed.yaml"):
         cfg = resolve_config(configs / name)
-        assert cfg.model.width == 16 and cfg.model.stem_stride == 2
+        assert cfg.model.width == 16 and cfg.model.depth == 4 and cfg.model.stem_stride == 2
+    # fine-tuning starts from the shipped weights, so it builds the shipped shape
+    assert resolve_config(configs / "finetune.yaml").model == resolve_config(None).model
     assert resolve_config(configs / "seed.yaml").optimizer == "adam"
 
 

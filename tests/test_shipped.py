@@ -38,4 +38,4 @@ def test_report_of_the_shipped_model_uses_its_logs(prepared, tmp_path):
     assert (SHIPPED_RUN / "val_dice.npy").is_file()
     page = build_report(None, prepared / "test", tmp_path / "r.html", progress=False).read_text()
     assert page.count("data:image/png;base64,") == 6
-    assert "1,945,665 parameters" in page
+    assert "1,947,105 parameters" in page

@@ -22,8 +22,8 @@ class ModelConfig(_Strict):
     """Which model to build (`busseg.models.MODELS`) and its shape."""
 
     name: str = "unet"
-    width: int = Field(16, ge=1)
-    depth: int = Field(4, ge=1, le=6)
+    width: int = Field(8, ge=1)
+    depth: int = Field(5, ge=1, le=6)
     stem_stride: Literal[1, 2] = 2
     deep_supervision: bool = False
     presence_head: bool = False
