@@ -4,7 +4,7 @@ import numpy as np
 
 from busseg.checkpoint import load_model
 from busseg.postprocess import PostprocessSettings
-from busseg.tune import choose, presence_threshold, tune_postprocess
+from busseg.tune import best_setting, choose, presence_threshold, tune_postprocess
 
 
 def test_presence_threshold_misses_at_most_the_allowed_share():
@@ -52,6 +52,38 @@ def test_choose_finds_the_known_best_setting():
     # every other threshold is strictly worse
     others = [r for r in report["grid"] if r["settings"]["threshold"] != 0.6]
     assert max(r["dice_all"] for r in others) < 1.0
+
+
+def test_choose_never_trades_emptied_lesion_scans_for_dice():
+    """No presence head: one small, faint lesion among 9 large ones and 3 normal scans with a
+    small false blob. Dropping components under 1% of the image clears the normal scans (mean
+    Dice over all scans up) but empties the small lesion (10% missed): not allowed."""
+    truths, probs = [], []
+    for i in range(10):
+        t = np.zeros((40, 40), bool)
+        if i:
+            t[5:25, 5 + i:25 + i] = True
+        else:
+            t[18:21, 18:21] = True  # 9 pixels: 0.56% of the image
+        truths.append(t)
+        probs.append(np.where(t, 0.9, 0.05).astype(np.float32))
+    for _ in range(3):
+        p = np.full((40, 40), 0.05, np.float32)
+        p[2:5, 2:5] = 0.9
+        truths.append(np.zeros((40, 40), bool))
+        probs.append(p)
+    preds = {False: (probs, [None] * len(probs))}
+    report = choose(preds, truths, max_missed=0.02, progress=False)
+    best = report["best"]
+    assert best["missed_lesion_rate"] == 0.0
+    assert best["settings"]["min_area_frac"] < 0.005
+    filtered = max(report["grid"], key=lambda r: r["dice_all"])
+    assert filtered["missed_lesion_rate"] == 0.1 and filtered["dice_all"] > best["dice_all"]
+    # with a looser limit the filter is allowed, and with none met the fewest emptied wins
+    assert choose(preds, truths, max_missed=0.1, progress=False)["best"] == filtered
+    rows = [{"dice_all": 0.9, "missed_lesion_rate": 0.2}, {"dice_all": 0.5,
+                                                          "missed_lesion_rate": 0.1}]
+    assert best_setting(rows, 0.02) == rows[1]
 
 
 def test_tune_writes_settings_beside_and_keeps_weights(tiny_run, prepared, tmp_path):

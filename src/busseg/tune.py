@@ -5,8 +5,10 @@ every train + val scan) or a model's predictions on a folder (`--data`, e.g. the
 The choice, in order:
 1. the presence threshold: the highest one that empties at most `max_missed` (2%) of the lesion
    scans (so the fewest normal scans keep a mask);
-2. flip TTA, threshold and component filter: the highest mean Dice over all scans (normal scans
-   score 1 when empty, 0 otherwise) under that presence rule.
+2. flip TTA, threshold and component filter: among the settings that still empty at most
+   `max_missed` of the lesion scans (a component filter or a high threshold can empty them too,
+   most of all for models without a presence head), the highest mean Dice over all scans
+   (normal scans score 1 when empty, 0 otherwise); when none does, the fewest emptied.
 The result is written to `postprocess.json` beside the checkpoint (the weights are not touched)
 and the full grid to `tune.json`. The test split is never read.
 """
@@ -72,9 +74,21 @@ def choose(preds: dict[bool, tuple[list[np.ndarray], list[float | None]]],
             "missed_lesion_rate": float(empty[lesion].mean()) if lesion.any() else None,
             "normal_fp_rate": float((~empty[~lesion]).mean()) if (~lesion).any() else None,
         })
-    best = max(results, key=lambda r: round(r["dice_all"], 6))  # ties: first (simplest) row
-    return {"best": best, "n": len(truths), "n_lesion": int(lesion.sum()),
-            "n_normal": int((~lesion).sum()), "max_missed": max_missed, "grid": results}
+    return {"best": best_setting(results, max_missed), "n": len(truths),
+            "n_lesion": int(lesion.sum()), "n_normal": int((~lesion).sum()),
+            "max_missed": max_missed, "grid": results}
+
+
+def best_setting(results: list[dict], max_missed: float = MAX_MISSED) -> dict:
+    """The highest `dice_all` among the rows emptying at most `max_missed` of the lesion scans
+    (all rows when there are none); when no row qualifies, the fewest emptied, then Dice. Ties
+    go to the first (simplest) row."""
+    missed = [r["missed_lesion_rate"] or 0.0 for r in results]
+    allowed = [r for r, m in zip(results, missed) if m <= max_missed + 1e-9]
+    if allowed:
+        return max(allowed, key=lambda r: round(r["dice_all"], 6))
+    return max(results, key=lambda r: (-round(r["missed_lesion_rate"], 6),
+                                       round(r["dice_all"], 6)))
 
 
 def preds_from_oof(cv_dir: Path | str) -> tuple[dict, list[np.ndarray]]:
