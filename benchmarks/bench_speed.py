@@ -21,7 +21,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from busseg.config import AugmentConfig, resolve_config
+from busseg.checkpoint import build_from_config
+from busseg.config import AugmentConfig, config_to_dict, resolve_config
 from busseg.data.augment import augment_batch
 from busseg.losses import bce_dice_loss
 from busseg.models import count_parameters, create_model
@@ -34,8 +35,7 @@ SIZE, EPOCH_IMAGES = 256, 470
 def default_model() -> torch.nn.Module:
     """The shipped architecture as `configs/busi.yaml` describes it."""
     mc = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml").model
-    return create_model(mc.name, width=mc.width, depth=mc.depth, stem_stride=mc.stem_stride,
-                        presence_head=mc.presence_head)
+    return build_from_config(config_to_dict(mc))
 
 
 def timed(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:

@@ -81,3 +81,12 @@ def test_defaults_are_the_shipped_models_recipe():
             assert {k: defaults[key][k] for k in value} == value, key
         else:
             assert defaults[key] == value, key
+
+
+def test_loss_names_are_the_losses_module_names():
+    from typing import get_args
+
+    from busseg.config import TrainConfig
+    from busseg.losses import SEG_LOSSES
+
+    assert set(get_args(TrainConfig.model_fields["loss"].annotation)) == set(SEG_LOSSES)
