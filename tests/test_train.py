@@ -69,6 +69,37 @@ def test_malignant_augmented_harder():
     assert changed[mal].all() and not changed[~mal].any()
 
 
+def _intensity_only(**kw) -> AugmentConfig:
+    return AugmentConfig(rotate_deg=0, scale=0, translate=0, flip=0, brightness=0, contrast=0,
+                         gamma=0, noise=0, blur=0, p=1.0, **kw)
+
+
+def test_scanner_transforms_change_the_image_only_and_are_off_by_default():
+    x = torch.rand(6, 1, 64, 64, generator=torch.Generator().manual_seed(1)) * 0.5 + 0.25
+    y = (x > 0.5).float()
+    mal = torch.zeros(6, dtype=torch.bool)
+    plain, _ = augment_batch(x, y, mal, _intensity_only(), torch.Generator().manual_seed(0))
+    assert torch.allclose(plain, x)  # nothing switched on: the image passes unchanged
+    for kw in ({"speckle": 0.3}, {"lowres": 1.0}):
+        xa, ya = augment_batch(x, y, mal, _intensity_only(**kw), torch.Generator().manual_seed(0))
+        assert xa.shape == x.shape and torch.equal(ya, y)
+        assert 0 <= float(xa.min()) and float(xa.max()) <= 1
+        assert (xa - x).abs().mean() > 0.01  # every image changed
+    # speckle is a smooth gain field: neighbouring pixels change together
+    xs, _ = augment_batch(torch.full_like(x, 0.5), y, mal, _intensity_only(speckle=0.3),
+                          torch.Generator().manual_seed(0))
+    gain = xs / 0.5 - 1
+    neighbour = torch.corrcoef(torch.stack([gain[..., :, :-1].flatten(),
+                                            gain[..., :, 1:].flatten()]))[0, 1]
+    assert neighbour > 0.9
+    # a coarser resolution removes the finest detail: the checkerboard is smoothed away
+    board = ((torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2).float()
+    board = board.expand(6, 1, 64, 64)
+    xl, _ = augment_batch(board, y, mal, _intensity_only(lowres=1.0),
+                          torch.Generator().manual_seed(0))
+    assert xl.std() < 0.3 * board.std()
+
+
 def test_sampler_balances_classes():
     labels = ["benign"] * 30 + ["malignant"] * 10 + ["normal"] * 10
     w = sample_weights(labels, 0.1)

@@ -42,6 +42,8 @@ class AugmentConfig(_Strict):
     noise: float = Field(0.05, ge=0.0, le=1.0)
     blur: float = Field(0.2, ge=0.0, le=1.0)
     ramp: float = Field(0.0, ge=0.0, lt=1.0)
+    speckle: float = Field(0.0, ge=0.0, le=1.0)  # std of blotchy (1/8-resolution) gain noise
+    lowres: float = Field(0.0, ge=0.0, le=1.0)  # chance of a down-and-up resample (x0.4-0.9)
     p: float = Field(0.8, ge=0.0, le=1.0)
     p_malignant: float = Field(1.0, ge=0.0, le=1.0)
     strength_malignant: float = Field(1.3, ge=0.0, le=3.0)

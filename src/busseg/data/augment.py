@@ -2,9 +2,11 @@
 
 One random affine (flip, rotation, scale, translation) per sample is turned into a sampling grid
 shared by the image (bilinear) and the mask (bilinear, then thresholded at 0.5), so the two stay
-aligned. Intensity changes (brightness, contrast, gamma, speckle-like multiplicative noise, blur)
-touch the image only. Malignant samples get `strength_malignant` times stronger geometry and
-intensity changes and are augmented with probability `p_malignant`.
+aligned. Intensity changes (brightness, contrast, gamma, speckle-like multiplicative noise, blur,
+and, where switched on, a depth gain ramp, blotchy low-frequency gain noise and a coarser
+resolution, which imitate other scanners) touch the image only. Malignant samples get
+`strength_malignant` times stronger geometry and intensity changes and are augmented with
+probability `p_malignant`.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ def augment_batch(
     if cfg.ramp > 0:  # gain rising or falling linearly with depth (image row)
         depth = torch.linspace(-1.0, 1.0, x.shape[-2], device=device).view(1, 1, -1, 1)
         x = x * (1.0 + _uniform(n, s * cfg.ramp, gen, device).view(view) * depth)
+    if cfg.speckle > 0:
+        x = _blotchy_gain(x, s * cfg.speckle, gen)
+    if cfg.lowres > 0:
+        x = _coarser(x, torch.rand(n, generator=gen, device=device) < cfg.lowres * on, gen)
     if cfg.blur > 0:
         blur_on = (torch.rand(n, generator=gen, device=device) < cfg.blur * on).view(view)
         kernel = torch.tensor([1.0, 2.0, 1.0], device=device)
@@ -70,3 +76,25 @@ def augment_batch(
         blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k2)
         x = torch.where(blur_on, blurred, x)
     return x.clamp(0, 1), y
+
+
+def _blotchy_gain(x: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Multiply by 1 + noise drawn at 1/8 resolution and upsampled: gain that varies smoothly
+    across the image, as speckle and attenuation of another scanner do."""
+    n, _, h, w = x.shape
+    coarse = torch.randn((n, 1, max(h // 8, 1), max(w // 8, 1)), generator=gen, device=x.device)
+    field = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    return x * (1.0 + sigma.view(n, 1, 1, 1) * field)
+
+
+def _coarser(x: torch.Tensor, chosen: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Resample the chosen images down by a factor in [0.4, 0.9] and back up: a scanner or an
+    export with less resolution."""
+    factors = 0.4 + 0.5 * torch.rand(x.shape[0], generator=gen, device=x.device)
+    out = x.clone()
+    size = x.shape[-2:]
+    for i in torch.nonzero(chosen).flatten().tolist():
+        small = F.interpolate(x[i:i + 1], scale_factor=float(factors[i]), mode="bilinear",
+                              antialias=True, align_corners=False)
+        out[i:i + 1] = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    return out
