@@ -83,12 +83,13 @@ def best_setting(results: list[dict], max_missed: float = MAX_MISSED) -> dict:
     """The highest `dice_all` among the rows emptying at most `max_missed` of the lesion scans
     (all rows when there are none); when no row qualifies, the fewest emptied, then Dice. Ties
     go to the first (simplest) row."""
-    missed = [r["missed_lesion_rate"] or 0.0 for r in results]
-    allowed = [r for r, m in zip(results, missed) if m <= max_missed + 1e-9]
+    def missed(r: dict) -> float:
+        return r["missed_lesion_rate"] or 0.0
+
+    allowed = [r for r in results if missed(r) <= max_missed + 1e-9]
     if allowed:
         return max(allowed, key=lambda r: round(r["dice_all"], 6))
-    return max(results, key=lambda r: (-round(r["missed_lesion_rate"], 6),
-                                       round(r["dice_all"], 6)))
+    return max(results, key=lambda r: (-round(missed(r), 6), round(r["dice_all"], 6)))
 
 
 def preds_from_oof(cv_dir: Path | str) -> tuple[dict, list[np.ndarray]]:
