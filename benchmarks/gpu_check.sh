@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One full default training, one evaluation and the speed benchmark on a CUDA GPU.
+#   bash benchmarks/gpu_check.sh OUT [DATA]      (DATA: a prepared folder, default data)
+# DEVICE (default cuda), TRAIN_ARGS and BENCH_ARGS (extra options) shorten a trial run on a CPU.
+# Writes into OUT: facts.txt (GPU, torch, CPU cores), times.txt (wall seconds and exit status of
+# each step), train.log, eval.log, bench.txt, bench_DEVICE.json and run.tgz (the run folder with
+# its checkpoint, config, history and test metrics).
+set -u -o pipefail
+out=${1:?usage: gpu_check.sh OUT [DATA]}
+data=${2:-data}
+py=${PYTHON:-python3}
+device=${DEVICE:-cuda}
+export PYTHONUNBUFFERED=1
+mkdir -p "$out"
+work=$(mktemp -d)
+
+{ nvidia-smi -L
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda,
+torch.cuda.get_device_name())"
+  echo "cpu cores: $(nproc)"; } >"$out/facts.txt" 2>&1
+
+step() {  # step NAME LIMIT_S CMD...: run CMD, log its wall time and exit status
+  local name=$1 limit=$2 t0 rc
+  shift 2
+  t0=$(date +%s.%N)
+  timeout "$limit" "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  echo "$name rc=$rc wall_s=$(awk "BEGIN {print $(date +%s.%N) - $t0}")" >>"$out/times.txt"
+}
+
+step train 270 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
+  --out "$work/run" --device "$device" --no-progress ${TRAIN_ARGS:-}
+step eval 90 "$py" -m busseg evaluate --checkpoint "$work/run/unet_final.pt" \
+  --data "$data/test" --out "$work/run/eval_test" --plain --device "$device"
+step bench 150 "$py" benchmarks/bench_speed.py --device "$device" --json "$out/bench_$device.json" \
+  ${BENCH_ARGS:-}
+mv "$out/bench.log" "$out/bench.txt"
+tar czf "$out/run.tgz" -C "$work" --exclude='*.png' --exclude=last.pt run
+cat "$out/times.txt"
