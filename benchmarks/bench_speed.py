@@ -3,7 +3,10 @@
     python benchmarks/bench_speed.py [--device cpu|cuda] [--json out.json] [--repeats 5]
 
 Prints a table; quote the ratios (the host may be shared). Training steps include the batched
-augmentation of uint8 in-memory data, exactly as `busseg train` runs them.
+augmentation of uint8 in-memory data, exactly as `busseg train` runs them; on CUDA the default
+model is timed eager and with its training forward / backward as CUDA graphs (what `busseg
+train` does on one GPU). On CUDA the fp32 roof is measured with TF32 matmuls when cuDNN may use
+TF32 for convolutions (PyTorch's default), since the models' fp32 convolutions then run in TF32.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from busseg.checkpoint import build_from_config
 from busseg.config import AugmentConfig, config_to_dict, resolve_config
+from busseg.cudagraph import graph_training_forward
 from busseg.data.augment import augment_batch
 from busseg.losses import bce_dice_loss
 from busseg.models import count_parameters, create_model
@@ -54,15 +58,22 @@ def timed(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:
 
 def matmul_roof(device: torch.device, sync, dtype: torch.dtype,
                 sizes=(512, 1024, 2048, 3072), repeats: int = 5) -> dict:
-    """Best measured matmul GFLOP/s over several sizes in `dtype` (the roof of that precision)."""
+    """Best measured matmul GFLOP/s over several sizes in `dtype` (the roof of that precision;
+    for fp32 on CUDA with TF32 matmuls where cuDNN convolutions may use TF32)."""
+    tf32 = device.type == "cuda" and dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     best, best_n = 0.0, 0
-    for n in sizes:
-        a = torch.rand(n, n, device=device).to(dtype)
-        b = torch.rand(n, n, device=device).to(dtype)
-        gflops = 2 * n**3 / timed(lambda a=a, b=b: a @ b, repeats, 2, sync) / 1e9
-        if gflops > best:
-            best, best_n = gflops, n
-    return {"gflops": best, "n": best_n}
+    try:
+        for n in sizes:
+            a = torch.rand(n, n, device=device).to(dtype)
+            b = torch.rand(n, n, device=device).to(dtype)
+            gflops = 2 * n**3 / timed(lambda a=a, b=b: a @ b, repeats, 2, sync) / 1e9
+            if gflops > best:
+                best, best_n = gflops, n
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    return {"gflops": best, "n": best_n, "tf32": tf32}
 
 
 def host_facts() -> dict:
@@ -87,11 +98,17 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def train_step(model, device, batch: int, dtype):
+def train_step(model, device, batch: int, dtype, graph: bool = False):
     """One training step as `busseg train` runs it: batched augmentation of uint8 in-memory data,
-    forward (bf16 autocast when `dtype`), BCE + Dice, backward, Adam."""
+    forward (bf16 autocast when `dtype`; replayed as CUDA graphs when `graph`), BCE + Dice,
+    backward, Adam (fused on CUDA)."""
     model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
+    if graph:
+        sample = torch.zeros(batch, 1, SIZE, SIZE, device=device).contiguous(
+            memory_format=torch.channels_last)
+        if not graph_training_forward(model, sample, dtype):
+            raise RuntimeError("CUDA graph capture failed")
     images = torch.randint(0, 256, (64, 1, SIZE, SIZE), dtype=torch.uint8, device=device)
     masks = (torch.rand(64, 1, SIZE, SIZE, device=device) > 0.8).to(torch.uint8)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -112,9 +129,17 @@ def train_step(model, device, batch: int, dtype):
     return step
 
 
-def train_speed(model, device, batch: int, repeats: int, dtype, sync) -> float:
-    """Training images/s: augment + forward + backward + Adam step on a batch."""
-    return batch / timed(train_step(model, device, batch, dtype), repeats, 2, sync)
+def train_speed(model, device, batch: int, repeats: int, dtype, sync, graph: bool = False,
+                steps: int = 10) -> float:
+    """Training images/s: augment + forward + backward + Adam step, `steps` batches per timing
+    (one step alone would time the GPU's idle gaps between Python launches and syncs)."""
+    step = train_step(model, device, batch, dtype, graph)
+
+    def run():
+        for _ in range(steps):
+            step()
+
+    return steps * batch / timed(run, repeats, 1, sync)
 
 
 def infer_eager(model, device, batch: int, repeats: int, dtype, sync) -> float:
@@ -156,17 +181,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(name: str, make, dtype, device, args, sync, roofs: dict) -> dict:
-    """Every figure of one model in one precision."""
+def measure(name: str, make, dtype, device, args, sync, roofs: dict,
+            graph: bool = False) -> dict:
+    """Every figure of one model in one precision (training as CUDA graphs when `graph`)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     model = make().to(device).to(memory_format=torch.channels_last)
     fwd = forward_flops(model, device)
     reps = args.classic_repeats if name == "classic" else args.repeats
-    img_s = train_speed(model, device, args.batch, reps, dtype, sync)
+    img_s = train_speed(model, device, args.batch, reps, dtype, sync, graph,
+                        steps=10 if cuda else 1)
     precision = "bf16" if dtype is not None else "fp32"
-    row = {"model": name, "precision": precision, "params": count_parameters(model),
+    row = {"model": name, "precision": precision, "graph": graph,
+           "params": count_parameters(model),
            "gflop_fwd": fwd / 1e9, "train_img_s": img_s,
            "train_gflops": 3 * fwd * img_s / 1e9,
            "infer_ms_b1": infer_eager(model, device, 1, args.repeats, dtype, sync) * 1e3,
@@ -194,17 +222,21 @@ def main() -> None:
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    probe_model = default_model().to(memory_format=torch.channels_last)
+    probe_model = default_model().to(device).to(memory_format=torch.channels_last)
     chosen, why = choose_precision("auto", device, probe_model)
     res: dict = {"host": torch.cuda.get_device_name() if cuda else host_facts(),
                  "torch": torch.__version__, "auto_precision": why}
     roofs = {"fp32": matmul_roof(device, sync, torch.float32)}
-    if chosen is not None:
+    bf16 = chosen is not None or cuda  # on CUDA both are shown, whichever the probe chose
+    if bf16:
         roofs["bf16"] = matmul_roof(device, sync, torch.bfloat16)
     res["roofs"] = roofs
     rows = [measure("default", default_model, None, device, args, sync, roofs)]
-    if chosen is not None:
-        rows.append(measure("default", default_model, chosen, device, args, sync, roofs))
+    if bf16:
+        rows.append(measure("default", default_model, torch.bfloat16, device, args, sync, roofs))
+    if cuda:
+        rows.append(measure("default", default_model, chosen, device, args, sync, roofs,
+                            graph=True))
     rows.append(measure("classic", lambda: create_model("unet_classic"), None, device, args,
                         sync, roofs))
     res["rows"] = rows
@@ -226,7 +258,8 @@ def print_table(r: dict) -> None:
     else:
         print(f"device: {host}  torch {r['torch']}")
     print("roofs (best matmul): " + ", ".join(
-        f"{p} {v['gflops']:.0f} GFLOP/s (n={v['n']})" for p, v in r["roofs"].items()))
+        f"{p}{' (TF32)' if v.get('tf32') else ''} {v['gflops']:.0f} GFLOP/s (n={v['n']})"
+        for p, v in r["roofs"].items()))
     print(f"auto precision: {r['auto_precision']['precision']} "
           f"({r['auto_precision']['reason']})")
     cols = [("params", "{:,.0f}"), ("gflop_fwd", "{:.2f}"), ("train_img_s", "{:.1f}"),
@@ -235,11 +268,12 @@ def print_table(r: dict) -> None:
             ("infer_roof_fraction", "{:.0%}"), ("peak_mem_mb", "{:.0f}")]
     print(f"{'model':<16}" + "".join(f"{c:>20}" for c, _ in cols))
     for row in r["rows"]:
-        label = f"{row['model']} {row['precision']}"
+        label = f"{row['model']} {row['precision']}{' graph' if row.get('graph') else ''}"
         print(f"{label:<16}" + "".join(f"{fmt.format(row[c]):>20}" for c, fmt in cols))
     base = r["rows"][0]
     for row in r["rows"][1:]:
-        print(f"{row['model']} {row['precision']} / default fp32: train "
+        print(f"{row['model']} {row['precision']}{' graph' if row.get('graph') else ''} / "
+              f"default fp32: train "
               f"{row['train_img_s'] / base['train_img_s']:.2f}x, inference b16 "
               f"{row['infer_img_s_b16'] / base['infer_img_s_b16']:.2f}x")
     if "onnx_fp32_ms_b1" in r:

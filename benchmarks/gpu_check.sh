@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One full default training, one evaluation and the speed benchmark on a CUDA GPU.
+# One full default training (and the same without CUDA graphs, the baseline), one evaluation
+# and the speed benchmark on a CUDA GPU.
 #   bash benchmarks/gpu_check.sh OUT [DATA]      (DATA: a prepared folder, default data)
 # DEVICE (default cuda), TRAIN_ARGS and BENCH_ARGS (extra options) shorten a trial run on a CPU.
 # Writes into OUT: facts.txt (GPU, torch, CPU cores), times.txt (wall seconds and exit status of
-# each step), train.log, eval.log, bench.txt, bench_DEVICE.json and run.tgz (the run folder with
-# its checkpoint, config, history and test metrics).
+# each step), train.log, train_eager.log, eval.log, bench.txt, bench_DEVICE.json and run.tgz
+# (the run folder with its checkpoint, config, history and test metrics; the baseline's logs).
 set -u -o pipefail
 out=${1:?usage: gpu_check.sh OUT [DATA]}
 data=${2:-data}
@@ -28,12 +29,17 @@ step() {  # step NAME LIMIT_S CMD...: run CMD, log its wall time and exit status
   echo "$name rc=$rc wall_s=$(awk "BEGIN {print $(date +%s.%N) - $t0}")" >>"$out/times.txt"
 }
 
-step train 270 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
+step train 240 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
   --out "$work/run" --device "$device" --no-progress ${TRAIN_ARGS:-}
+# the baseline: the same training with the forward / backward launched eagerly
+step train_eager 240 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
+  --out "$work/run_eager" --device "$device" --no-progress --set cuda_graph=false \
+  ${TRAIN_ARGS:-}
 step eval 90 "$py" -m busseg evaluate --checkpoint "$work/run/unet_final.pt" \
   --data "$data/test" --out "$work/run/eval_test" --plain --device "$device"
 step bench 150 "$py" benchmarks/bench_speed.py --device "$device" --json "$out/bench_$device.json" \
   ${BENCH_ARGS:-}
 mv "$out/bench.log" "$out/bench.txt"
-tar czf "$out/run.tgz" -C "$work" --exclude='*.png' --exclude=last.pt run
+tar czf "$out/run.tgz" -C "$work" --exclude='*.png' --exclude=last.pt \
+  --exclude=run_eager/unet_final.pt run run_eager
 cat "$out/times.txt"

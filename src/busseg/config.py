@@ -75,6 +75,7 @@ class TrainConfig(_Strict):
     threads: int = Field(0, ge=0)  # 0: PyTorch's choice
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
     channels_last: bool = True
+    cuda_graph: bool = True  # one GPU: replay the training forward / backward as CUDA graphs
     amp: Literal["auto", "fp32", "bf16"] = "auto"
     normal_share: float = Field(0.1, ge=0.0, lt=1.0)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)

@@ -1,9 +1,11 @@
 """Choosing the training precision by measurement: bf16 autocast only where it is faster.
 
 CPUs with native bf16 (AVX-512 BF16 or AMX) run bf16 convolutions about twice as fast as fp32;
-CPUs without it emulate bf16 and run it many times slower. `amp: auto` therefore uses bf16 on
-CUDA, and on a CPU only when the flags say native bf16 *and* a short probe of a few training steps
-shows bf16 faster than fp32. The choice and the probe's figures go into the run folder.
+CPUs without it emulate bf16 and run it many times slower. On a GPU a small model's step is
+bound by kernel launches, and autocast's extra casts make bf16 slower there too. `amp: auto`
+therefore uses bf16 only where a short probe of a few training steps shows it faster than fp32
+(on a CPU, only where the flags also say native bf16). The choice and the probe's figures go
+into the run folder.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
 
 def _step_time(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> float:
     """Seconds of one forward + backward step."""
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+    sync()
     t = time.perf_counter()
     with autocast(dtype, x.device):
         out = model(x)
@@ -53,17 +57,19 @@ def _step_time(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> 
     seg = seg[0] if isinstance(seg, list) else seg
     seg.float().mean().backward()
     model.zero_grad(set_to_none=True)
+    sync()
     return time.perf_counter() - t
 
 
 def probe_bf16(model: nn.Module, size: int, batch: int = 4, rounds: int = 4,
                warmup: int = 2) -> dict[str, float]:
-    """Time training steps of a copy of `model` in fp32 and in bf16 autocast on the CPU, taken
-    in turn (so a busy host slows both alike) after `warmup` steps of each, best of `rounds`
+    """Time training steps of a copy of `model` in fp32 and in bf16 autocast on its device,
+    taken in turn (so a busy host slows both alike) after `warmup` steps of each, best of `rounds`
     (the model itself, its BatchNorm statistics and the global RNG stay untouched); return
     seconds per step and the speed-up."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(batch, 1, size, size, generator=gen).contiguous(
+    device = next(model.parameters()).device
+    x = torch.rand(batch, 1, size, size, generator=gen).to(device).contiguous(
         memory_format=torch.channels_last)
     model = copy.deepcopy(model).train()
     kinds = (None, torch.bfloat16)
@@ -82,8 +88,9 @@ def choose_precision(amp: str, device: torch.device, model: nn.Module | None = N
                      size: int = 256, min_speedup: float = 1.15) -> tuple[torch.dtype | None, dict]:
     """The autocast dtype for `amp` ('auto', 'fp32', 'bf16') on `device`, and why.
 
-    'auto' on a CPU runs `probe_bf16` when the flags say native bf16 (and a model is given) and
-    takes bf16 when it is at least `min_speedup` times faster.
+    'auto' runs `probe_bf16` (on a CPU only when the flags say native bf16) when a model is
+    given and takes bf16 when it is at least `min_speedup` times faster; on CUDA without a model
+    it takes bf16.
     """
     info: dict = {"amp": amp, "device": str(device)}
     if amp == "fp32":
@@ -91,12 +98,14 @@ def choose_precision(amp: str, device: torch.device, model: nn.Module | None = N
     if amp == "bf16":
         return torch.bfloat16, {**info, "precision": "bf16", "reason": "forced"}
     if device.type == "cuda":
-        return torch.bfloat16, {**info, "precision": "bf16", "reason": "cuda"}
-    flags = cpu_flags()
-    info["cpu_bf16_flags"] = sorted(f for f in BF16_FLAGS if f in flags)
-    info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
-    if not native_bf16(flags) or model is None:
-        return None, {**info, "precision": "fp32", "reason": "no native bf16 on this CPU"}
+        if model is None:
+            return torch.bfloat16, {**info, "precision": "bf16", "reason": "cuda"}
+    else:
+        flags = cpu_flags()
+        info["cpu_bf16_flags"] = sorted(f for f in BF16_FLAGS if f in flags)
+        info["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+        if not native_bf16(flags) or model is None:
+            return None, {**info, "precision": "fp32", "reason": "no native bf16 on this CPU"}
     probe = probe_bf16(model, size)
     info["probe"] = probe
     if probe["bf16_speedup"] >= min_speedup:

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from busseg.checkpoint import build_from_config, save_checkpoint
 from busseg.config import TrainConfig, config_to_dict
+from busseg.cudagraph import can_graph, graph_training_forward
 from busseg.data.augment import augment_batch
 from busseg.data.dataset import TensorSplit
 from busseg.distributed import (
@@ -73,18 +74,19 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    """Adam or AdamW as the config says."""
+    """Adam or AdamW as the config says (on a GPU the fused kernel: one launch per step)."""
     cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = next(model.parameters()).device.type == "cuda" or None
+    return cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 @torch.no_grad()
 def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
-    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied."""
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1.0 - decay)
-    for e, b in zip(ema.buffers(), model.buffers()):
-        e.copy_(b)
+    """Exponential moving average of parameters; buffers (BatchNorm statistics) are copied.
+    Multi-tensor ops: a few kernels per step rather than one per tensor."""
+    params = [p.detach() for p in model.parameters()]
+    torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - decay)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 def training_loss(outputs, y: torch.Tensor, presence_weight: float, loss: str = "bce_dice"):
@@ -99,10 +101,11 @@ def training_loss(outputs, y: torch.Tensor, presence_weight: float, loss: str = 
     return total, (seg[0] if isinstance(seg, list) else seg)
 
 
-def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Pixel accuracy of a batch and the per-image hard Dice of boolean predictions."""
+def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel accuracy of a batch (a 0-d tensor) and the per-image hard Dice of boolean
+    predictions."""
     truth = y > 0.5
-    return float((pred == truth).float().mean()), batch_dice(pred, truth)
+    return (pred == truth).float().mean(), batch_dice(pred, truth)
 
 
 @dataclass
@@ -151,7 +154,7 @@ def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: tor
         acc, dice = batch_scores(torch.sigmoid(logits) >= cfg.threshold, y)
         keep = torch.tensor([(split.labels[i] != "normal") or not has_lesion for i in idx])
         t.loss += float(seg_loss(cfg.loss)(logits, y)) * len(idx)
-        t.acc += acc * len(idx)
+        t.acc += float(acc) * len(idx)
         t.dice += float(dice.cpu()[keep].sum())
         t.dice_images += float(keep.sum())
         t.images += len(idx)
@@ -235,6 +238,9 @@ class Trainer:
         self.malignant = torch.tensor([lab == "malignant" for lab in train_set.labels])
         self.state = TrainState()
         self.last_path, self.best_path = self.out / "last.pt", self.out / "unet_final.pt"
+        # the training forward becomes a CUDA graph at the first batch (after any resume)
+        self.graph_pending = cfg.cuda_graph and can_graph(device, info.enabled)
+        self.graphed = False
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -310,7 +316,7 @@ class Trainer:
         self.net.train()
         order = torch.multinomial(self.weights, self.steps_per_epoch * self.global_batch,
                                   replacement=True, generator=self.gen)
-        totals = Totals()
+        sums = torch.zeros(3, device=self.device)  # loss, accuracy, Dice: no sync per step
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and info.main), leave=False, unit="batch")
         for step in bar:
@@ -320,13 +326,20 @@ class Trainer:
             x, y = augment_batch(x, y, self.malignant[idx], cfg.augment, self.aug_gen)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            loss = self._step(x, y, totals)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            if self.graph_pending:
+                self.graph_pending = False
+                self.graphed = graph_training_forward(self.model, x, self.dtype)
+            loss = self._step(x, y, sums)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+        n = float(self.steps_per_epoch * cfg.batch_size)
+        totals = Totals(*sums.tolist(), images=n, dice_images=n)
         means = totals.reduced(info, self.device).means()
         return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()}}
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor, totals: Totals) -> float:
-        """One optimiser step on a batch; its figures are added to `totals`."""
+    def _step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+        """One optimiser step on a batch; its summed loss, accuracy and Dice are added to
+        `sums`; the batch's loss."""
         with autocast(self.dtype, self.device):
             outputs = self.net(x)
         loss, logits = training_loss(outputs, y, self.cfg.presence_weight, self.cfg.loss)
@@ -339,12 +352,8 @@ class Trainer:
         with torch.no_grad():
             acc, dice = batch_scores(logits >= 0, y)  # logit >= 0 <=> sigmoid >= 0.5
             n = len(x)
-            totals.loss += float(loss.detach()) * n
-            totals.acc += acc * n
-            totals.dice += float(dice.sum())
-            totals.images += n
-            totals.dice_images += n
-        return float(loss.detach())
+            sums += torch.stack([loss.detach().float() * n, acc * n, dice.sum().float()])
+        return loss.detach()
 
     def validate_epoch(self) -> tuple[dict, nn.Module, dict]:
         """(val figures, the weights they belong to, extra log columns). With EMA, `select:
@@ -417,6 +426,7 @@ class Trainer:
                 "epochs_run": len(st.history), "train_time_s": seconds,
                 "checkpoint": str(self.best_path), "early_stopped": st.stopped,
                 "precision": self.precision["precision"], "device": str(self.device),
+                "cuda_graph": self.graphed,
                 "world_size": self.info.world,
                 "rank_weight_checksums": all_gather_objects(weight_checksum(self.model),
                                                             self.info)}
