@@ -29,15 +29,15 @@ step() {  # step NAME LIMIT_S CMD...: run CMD, log its wall time and exit status
   echo "$name rc=$rc wall_s=$(awk "BEGIN {print $(date +%s.%N) - $t0}")" >>"$out/times.txt"
 }
 
-step train 240 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
+step train 200 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
   --out "$work/run" --device "$device" --no-progress ${TRAIN_ARGS:-}
 # the baseline: the same training with the forward / backward launched eagerly
-step train_eager 240 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
+step train_eager 200 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
   --out "$work/run_eager" --device "$device" --no-progress --set cuda_graph=false \
   ${TRAIN_ARGS:-}
-step eval 90 "$py" -m busseg evaluate --checkpoint "$work/run/unet_final.pt" \
+step eval 60 "$py" -m busseg evaluate --checkpoint "$work/run/unet_final.pt" \
   --data "$data/test" --out "$work/run/eval_test" --plain --device "$device"
-step bench 150 "$py" benchmarks/bench_speed.py --device "$device" --json "$out/bench_$device.json" \
+step bench 120 "$py" benchmarks/bench_speed.py --device "$device" --json "$out/bench_$device.json" \
   ${BENCH_ARGS:-}
 mv "$out/bench.log" "$out/bench.txt"
 tar czf "$out/run.tgz" -C "$work" --exclude='*.png' --exclude=last.pt \
