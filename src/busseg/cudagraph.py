@@ -11,6 +11,7 @@ same tensors as before.
 from __future__ import annotations
 
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -32,8 +33,12 @@ def graph_training_forward(model: nn.Module, sample: torch.Tensor,
     model.train()
     buffers = [b.detach().clone() for b in model.buffers()]
     try:
-        with torch.autocast("cuda", dtype=dtype or torch.float32, enabled=dtype is not None,
-                            cache_enabled=False):
+        with warnings.catch_warnings(), torch.autocast(
+                "cuda", dtype=dtype or torch.float32, enabled=dtype is not None,
+                cache_enabled=False):
+            # capture warms up on a side stream; autograd's note that the next steps run on
+            # another stream is expected here
+            warnings.filterwarnings("ignore", message="The AccumulateGrad node's stream")
             torch.cuda.make_graphed_callables(model, (sample,))
         ok = True
         log.info("training forward and backward replayed as CUDA graphs")

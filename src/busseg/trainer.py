@@ -43,6 +43,7 @@ from busseg.models.unet import split_output
 from busseg.precision import autocast, choose_precision
 
 log = logging.getLogger("busseg.train")
+LAST_EVERY_S = 30.0  # `last.pt` at most this often (and at the run's end): a GPU epoch is < 1 s
 
 
 def sample_weights(labels: list[str], normal_share: float) -> torch.Tensor:
@@ -241,6 +242,7 @@ class Trainer:
         # the training forward becomes a CUDA graph at the first batch (after any resume)
         self.graph_pending = cfg.cuda_graph and can_graph(device, info.enabled)
         self.graphed = False
+        self.saved_at = time.time()  # when `last.pt` was last written
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -392,9 +394,12 @@ class Trainer:
                      f"{row['train_dice']:.4f}  val loss {val['loss']:.4f} dice "
                      f"{val['dice']:.4f}{' *' if improved else ''}  {row['time_s']:.0f}s")
             save_logs(self.out, st.history)
-        state = self.state_dict()  # every rank joins the gather inside
-        if self.info.main:
-            save_checkpoint(self.last_path, state)
+        due = st.stopped or epoch + 1 >= cfg.epochs or time.time() - self.saved_at >= LAST_EVERY_S
+        if broadcast_flag(due, self.info, self.device):
+            state = self.state_dict()  # every rank joins the gather inside
+            if self.info.main:
+                save_checkpoint(self.last_path, state)
+            self.saved_at = time.time()
         barrier(self.info)
 
     def _save_best(self, chosen: nn.Module, val: dict, epoch: int) -> None:
