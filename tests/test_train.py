@@ -198,3 +198,57 @@ def test_validation_loss_is_the_configured_training_loss():
     with torch.no_grad():
         expected = float(bce_tversky_loss(model(x).float(), y))
     assert abs(validate(model, split, cfg, "cpu")["loss"] - expected) < 1e-5
+
+
+def test_ema_update_moves_parameters_and_copies_buffers():
+    import copy
+
+    from busseg.models import create_model
+    from busseg.trainer import ema_update
+
+    model = create_model("unet", width=4, depth=2, stem_stride=1)
+    ema = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.train()(torch.rand(2, 1, 32, 32))  # new BatchNorm statistics and batch count
+    expected = [e.detach() + 0.1 * (p.detach() - e.detach())
+                for e, p in zip(ema.parameters(), model.parameters())]
+    ema_update(ema, model, 0.9)
+    for e, x in zip(ema.parameters(), expected):
+        torch.testing.assert_close(e.detach(), x)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        assert torch.equal(e, b)
+
+
+def test_last_checkpoint_is_timed_and_always_written_at_the_end(prepared, tmp_path,
+                                                                monkeypatch):
+    import busseg.trainer as trainer
+
+    saved: list[int] = []
+    real = trainer.save_checkpoint
+
+    def recording(path, state):
+        if path.name == "last.pt":
+            saved.append(state["epoch"])
+        real(path, state)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", recording)
+    base = [f"data={prepared}", "size=64", "epochs=3", "batch_size=4", "model.width=4",
+            "model.depth=2", "model.stem_stride=1", "progress=false", "amp=fp32"]
+    for every, expected in ((1e9, [2]), (0.0, [0, 1, 2])):
+        saved.clear()
+        monkeypatch.setattr(trainer, "LAST_EVERY_S", every)
+        out = tmp_path / f"every{every}"
+        summary = train(resolve_config(None, base + [f"out={out}"]))
+        assert saved == expected
+        assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+        assert summary["cuda_graph"] is False  # CUDA graphs only on a GPU
+
+
+def test_cuda_graphs_only_on_a_single_gpu():
+    from busseg.cudagraph import can_graph
+
+    assert can_graph(torch.device("cuda"), distributed=False)
+    assert not can_graph(torch.device("cuda:0"), distributed=True)
+    assert not can_graph(torch.device("cpu"), distributed=False)
