@@ -103,3 +103,18 @@ def test_tune_on_oof_writes_settings_and_tuned_oof_metrics(cv_run, prepared, tmp
     assert tuned["postprocess"] == chosen
     assert tuned["missed_lesion_rate"] <= 0.02 + 1e-9
     assert report["n"] == len(read_pool(prepared))
+
+
+def test_cli_gather_reads_the_data_set_by_override(cv_run, prepared, tmp_path, monkeypatch):
+    import shutil
+
+    from busseg.cli import main
+
+    out, _ = cv_run
+    copy = tmp_path / "cv"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("oof"))
+    monkeypatch.chdir(tmp_path)  # no ./data here: only the override names the data
+    assert main(["cv", "--out", str(copy), "--gather-only", "--no-progress",
+                 "--set", f"data={prepared}"]) == 0
+    metrics = json.loads((copy / "oof" / "plain" / "metrics.json").read_text())
+    assert metrics["n_images"] == sum(r["class"] != "normal" for r in read_pool(prepared))

@@ -58,12 +58,13 @@ def _train(a: argparse.Namespace) -> int:
 def _cv(a: argparse.Namespace) -> int:
     from busseg.cv import gather_oof, run_cv
 
+    cfg = _train_config(a)  # the gather reads the data the folds trained on (--data, --set)
     if not a.gather_only:
-        for s in run_cv(_train_config(a), a.out, a.folds, a.fold, a.fold_seed):
+        for s in run_cv(cfg, a.out, a.folds, a.fold, a.fold_seed):
             print(f"fold {s['fold']}: held-out Dice {s['best_val_dice']:.3f}, "
                   f"{s['train_time_s'] / 60:.1f} min ({s.get('precision', 'fp32')})")
     if a.fold is None or a.gather_only:
-        summary = gather_oof(a.out, a.data or "data", device=a.device or "cpu",
+        summary = gather_oof(a.out, cfg.data, device=a.device or "cpu",
                              overwrite=a.overwrite, progress=not a.no_progress)
         print(f"OOF lesion Dice {summary['dice']:.3f} over {summary['n_images']} scans; "
               f"wrote {a.out}/oof/")
