@@ -118,3 +118,25 @@ def test_cli_gather_reads_the_data_set_by_override(cv_run, prepared, tmp_path, m
                  "--set", f"data={prepared}"]) == 0
     metrics = json.loads((copy / "oof" / "plain" / "metrics.json").read_text())
     assert metrics["n_images"] == sum(r["class"] != "normal" for r in read_pool(prepared))
+
+
+def test_nested_validation_keeps_the_held_out_fold_unseen(prepared, tmp_path):
+    from busseg.cv import load_pool, nested_splits
+
+    pool = read_pool(prepared)
+    folds = assign_folds(pool, k=3)
+    train_part, inner = nested_splits(load_pool(pool, 64), pool, folds, 0, 0.25)
+    held = {n for n, f in folds.items() if f == 0}
+    assert set(train_part.names) | set(inner.names) == {r["name"] for r in pool} - held
+    assert not set(train_part.names) & set(inner.names) and inner.names
+    group = {r["name"]: r["group"] for r in pool}
+    assert not {group[n] for n in train_part.names} & {group[n] for n in inner.names}
+    cfg = resolve_config(None, [
+        f"data={prepared}", "size=64", "epochs=1", "batch_size=4", "model.width=4",
+        "model.depth=2", "model.stem_stride=1", "progress=false", "amp=fp32"])
+    run_cv(cfg, tmp_path / "cv", k=3, only=[0], inner_val=0.25)
+    used = json.loads((tmp_path / "cv" / "fold_0" / "split_used.json").read_text())
+    assert sorted(used["val"]) == sorted(inner.names)
+    assert not (set(used["train"]) | set(used["val"])) & held
+    with pytest.raises(ValueError, match="inner validation share"):
+        run_cv(cfg, tmp_path / "cv2", k=3, inner_val=0.6)

@@ -60,8 +60,9 @@ def _cv(a: argparse.Namespace) -> int:
 
     cfg = _train_config(a)  # the gather reads the data the folds trained on (--data, --set)
     if not a.gather_only:
-        for s in run_cv(cfg, a.out, a.folds, a.fold, a.fold_seed):
-            print(f"fold {s['fold']}: held-out Dice {s['best_val_dice']:.3f}, "
+        for s in run_cv(cfg, a.out, a.folds, a.fold, a.fold_seed, a.inner_val):
+            where = "inner validation" if a.inner_val else "held-out"
+            print(f"fold {s['fold']}: {where} Dice {s['best_val_dice']:.3f}, "
                   f"{s['train_time_s'] / 60:.1f} min ({s.get('precision', 'fp32')})")
     if a.fold is None or a.gather_only:
         summary = gather_oof(a.out, cfg.data, device=a.device or "cpu",
@@ -233,6 +234,10 @@ def _add_cv(sub) -> None:
     s.add_argument("--fold", type=int, action="append",
                    help="train only this fold (repeatable; default: all, then gather)")
     s.add_argument("--fold-seed", type=int, default=0, help="fold assignment seed (default: 0)")
+    s.add_argument("--inner-val", type=float, default=0.0, metavar="SHARE",
+                   help="validate each fold on this share of its own training scans (whole "
+                        "groups), so early stopping never sees the held-out fold (default: 0, "
+                        "validate on the held-out fold)")
     s.add_argument("--epochs", type=int, help="override the config's epochs")
     s.add_argument("--device", help="auto, cpu or cuda")
     s.add_argument("--set", action="append", metavar="KEY=VALUE",

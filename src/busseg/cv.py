@@ -70,6 +70,20 @@ def fold_splits(images: TensorSplit, folds: dict[str, int],
             images.subset([i for i, h in enumerate(held) if h]))
 
 
+def nested_splits(images: TensorSplit, pool: list[dict], folds: dict[str, int], fold: int,
+                  share: float, seed: int = 0) -> tuple[TensorSplit, TensorSplit]:
+    """(train, inner validation) of one fold: its training part split again, whole groups and
+    per-class shares kept, `share` of it for validation (early stopping and the best epoch), so
+    the held-out fold is used for nothing but its out-of-fold predictions."""
+    rows = {r["name"]: r for r in pool}
+    idx = [i for i, n in enumerate(images.names) if folds[n] != fold]
+    parts = assign_groups([rows[images.names[i]]["class"] for i in idx],
+                          [rows[images.names[i]]["group"] for i in idx], (1.0 - share, share),
+                          seed + 1 + fold)
+    return (images.subset([i for i, p in zip(idx, parts) if p == 0]),
+            images.subset([i for i, p in zip(idx, parts) if p == 1]))
+
+
 def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed: int) -> None:
     """`OUT/folds.json`: the fold of every image (refusing to change an existing assignment)."""
     doc = {"k": k, "seed": seed, "folds": folds,
@@ -91,16 +105,21 @@ def fold_done(fold_dir: Path) -> bool:
 
 
 def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None = None,
-           seed: int = 0) -> list[dict]:
+           seed: int = 0, inner_val: float = 0.0) -> list[dict]:
     """Train the folds in `only` (default: all) that have not finished; resume an interrupted one.
+    With `inner_val` > 0 each fold validates (early stopping, best epoch) on that share of its
+    own training part (`nested_splits`), not on its held-out scans.
 
     Returns each fold's training summary, with its wall time.
     """
     from busseg.train import train
 
-    if cfg.select == "best":
+    if not 0.0 <= inner_val < 0.5:
+        raise ValueError(f"inner validation share must be in [0, 0.5), got {inner_val}")
+    if cfg.select == "best" and not inner_val:
         log.warning("warning: select: best picks each fold's epoch on its held-out scans, so the "
-                    "out-of-fold figures are optimistic; --set select=last measures without it")
+                    "out-of-fold figures are optimistic; --set select=last or --inner-val 0.125 "
+                    "measures without it")
     out = Path(out)
     pool = read_pool(cfg.data)
     folds = assign_folds(pool, k, seed)
@@ -118,8 +137,9 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
             t0 = time.time()
             images = images if images is not None else load_pool(pool, cfg.size)
             # an unfinished fold with no epoch saved holds only this command's own start files
-            train(fold_cfg, resume=resume, splits=fold_splits(images, folds, fold),
-                  overwrite=not resume)
+            splits = (nested_splits(images, pool, folds, fold, inner_val, seed) if inner_val
+                      else fold_splits(images, folds, fold))
+            train(fold_cfg, resume=resume, splits=splits, overwrite=not resume)
             log.info("fold %d finished in %.1f min (this session)", fold, (time.time() - t0) / 60)
         summaries.append({"fold": fold, **json.loads(
             (fold_dir / "train_summary.json").read_text())})
