@@ -250,6 +250,11 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(res, indent=1))
 
 
+def row_label(row: dict) -> str:
+    """'default bf16', 'default fp32 graph', ...: a row's model, precision and CUDA graphs."""
+    return f"{row['model']} {row['precision']}{' graph' if row.get('graph') else ''}"
+
+
 def print_table(r: dict) -> None:
     host = r["host"]
     if isinstance(host, dict):
@@ -268,12 +273,10 @@ def print_table(r: dict) -> None:
             ("infer_roof_fraction", "{:.0%}"), ("peak_mem_mb", "{:.0f}")]
     print(f"{'model':<16}" + "".join(f"{c:>20}" for c, _ in cols))
     for row in r["rows"]:
-        label = f"{row['model']} {row['precision']}{' graph' if row.get('graph') else ''}"
-        print(f"{label:<16}" + "".join(f"{fmt.format(row[c]):>20}" for c, fmt in cols))
+        print(f"{row_label(row):<16}" + "".join(f"{fmt.format(row[c]):>20}" for c, fmt in cols))
     base = r["rows"][0]
     for row in r["rows"][1:]:
-        print(f"{row['model']} {row['precision']}{' graph' if row.get('graph') else ''} / "
-              f"default fp32: train "
+        print(f"{row_label(row)} / default fp32: train "
               f"{row['train_img_s'] / base['train_img_s']:.2f}x, inference b16 "
               f"{row['infer_img_s_b16'] / base['infer_img_s_b16']:.2f}x")
     if "onnx_fp32_ms_b1" in r:
