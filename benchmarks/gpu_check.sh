@@ -2,7 +2,8 @@
 # One full default training (and the same without CUDA graphs, the baseline), one evaluation
 # and the speed benchmark on a CUDA GPU.
 #   bash benchmarks/gpu_check.sh OUT [DATA]      (DATA: a prepared folder, default data)
-# DEVICE (default cuda), TRAIN_ARGS and BENCH_ARGS (extra options) shorten a trial run on a CPU.
+# DEVICE (default cuda), TRAIN_ARGS and BENCH_ARGS (extra options) shorten a trial run on a CPU;
+# a non-empty OUT is refused unless OVERWRITE=1.
 # Writes into OUT: facts.txt (GPU, torch, CPU cores), times.txt (wall seconds and exit status of
 # each step), train.log, train_eager.log, eval.log, bench.txt, bench_DEVICE.json and run.tgz
 # (the run folder with its checkpoint, config, history and test metrics; the baseline's logs).
@@ -12,6 +13,10 @@ data=${2:-data}
 py=${PYTHON:-python3}
 device=${DEVICE:-cuda}
 export PYTHONUNBUFFERED=1
+if [ -n "$(ls -A "$out" 2>/dev/null)" ] && [ "${OVERWRITE:-0}" != 1 ]; then
+  echo "error: $out is not empty; give a new folder, or OVERWRITE=1 to replace its files" >&2
+  exit 1
+fi
 mkdir -p "$out"
 work=$(mktemp -d)
 
@@ -29,6 +34,7 @@ step() {  # step NAME LIMIT_S CMD...: run CMD, log its wall time and exit status
   echo "$name rc=$rc wall_s=$(awk "BEGIN {print $(date +%s.%N) - $t0}")" >>"$out/times.txt"
 }
 
+rm -f "$out/times.txt"  # appended to below
 step train 200 "$py" -m busseg train --config configs/busi.yaml --data "$data" \
   --out "$work/run" --device "$device" --no-progress ${TRAIN_ARGS:-}
 # the baseline: the same training with the forward / backward launched eagerly
