@@ -252,3 +252,20 @@ def test_cuda_graphs_only_on_a_single_gpu():
     assert can_graph(torch.device("cuda"), distributed=False)
     assert not can_graph(torch.device("cuda:0"), distributed=True)
     assert not can_graph(torch.device("cpu"), distributed=False)
+
+
+def test_train_on_val_adds_the_val_scans_and_needs_select_last(prepared, tmp_path):
+    import json
+
+    import pytest
+
+    base = [f"data={prepared}", f"out={tmp_path}", "size=64", "epochs=1", "batch_size=4",
+            "model.width=4", "model.depth=2", "progress=false", "amp=fp32", "train_on_val=true"]
+    with pytest.raises(ValueError, match="train_on_val needs select: last"):
+        resolve_config(None, base)
+    train(resolve_config(None, base + ["select=last"]))
+    used = json.loads((tmp_path / "split_used.json").read_text())
+    val = sorted(p.stem for p in (prepared / "val" / "images").iterdir())
+    train_only = sorted(p.stem for p in (prepared / "train" / "images").iterdir())
+    assert sorted(used["val"]) == val
+    assert sorted(used["train"]) == sorted(train_only + val)

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class _Strict(BaseModel):
@@ -66,6 +66,7 @@ class TrainConfig(_Strict):
     warmup_epochs: int = Field(3, ge=0)
     ema: float = Field(0.995, ge=0.0, lt=1.0)  # 0: no EMA weights
     select: Literal["best", "last"] = "best"
+    train_on_val: bool = False  # also train on the val split (then it only logs: select last)
     patience: int = Field(40, ge=1)
     min_epochs: int = Field(60, ge=0)
     presence_weight: float = Field(0.5, ge=0.0)
@@ -85,9 +86,18 @@ class TrainConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
+    @model_validator(mode="after")
+    def _val_not_trained_on_when_it_chooses(self) -> TrainConfig:
+        if self.train_on_val and self.select == "best":
+            raise ValueError("train_on_val needs select: last (val cannot choose the epoch of a "
+                             "model trained on it)")
+        return self
+
 
 def _message(err: dict) -> str:
     key = ".".join(str(p) for p in err["loc"])
+    if not key:  # a rule across keys
+        return "config: " + err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"unknown config key {key!r}"
     return f"config key {key!r}: {err['msg'].lower()}, got {err.get('input')!r}"
