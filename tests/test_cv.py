@@ -140,3 +140,7 @@ def test_nested_validation_keeps_the_held_out_fold_unseen(prepared, tmp_path):
     assert not (set(used["train"]) | set(used["val"])) & held
     with pytest.raises(ValueError, match="inner validation share"):
         run_cv(cfg, tmp_path / "cv2", k=3, inner_val=0.6)
+    with pytest.raises(ValueError, match="train_on_val does not apply"):
+        run_cv(cfg.model_copy(update={"train_on_val": True, "select": "last"}),
+               tmp_path / "cv3", k=3)
+    assert not (tmp_path / "cv3").exists()
