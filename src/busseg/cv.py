@@ -84,9 +84,11 @@ def nested_splits(images: TensorSplit, pool: list[dict], folds: dict[str, int], 
             images.subset([i for i, p in zip(idx, parts) if p == 1]))
 
 
-def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed: int) -> None:
-    """`OUT/folds.json`: the fold of every image (refusing to change an existing assignment)."""
-    doc = {"k": k, "seed": seed, "folds": folds,
+def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed: int,
+                inner_val: float = 0.0) -> None:
+    """`OUT/folds.json`: the fold of every image and the inner validation share (refusing to
+    change either in an existing cross-validation)."""
+    doc = {"k": k, "seed": seed, "inner_val": inner_val, "folds": folds,
            "groups": {r["name"]: r["group"] for r in pool},
            "classes": {r["name"]: r["class"] for r in pool}}
     path = out / "folds.json"
@@ -94,6 +96,9 @@ def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed
         old = json.loads(path.read_text())
         if old.get("folds") != folds:
             raise ValueError(f"{path}: holds a different fold assignment; use a new --out")
+        if old.get("inner_val", inner_val) != inner_val:
+            raise ValueError(f"{path}: its folds were trained with --inner-val "
+                             f"{old['inner_val']}, not {inner_val}; use that or a new --out")
         return
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1))
@@ -126,7 +131,7 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
     out = Path(out)
     pool = read_pool(cfg.data)
     folds = assign_folds(pool, k, seed)
-    write_folds(out, pool, folds, k, seed)
+    write_folds(out, pool, folds, k, seed, inner_val)
     summaries = []
     images = None  # loaded once, when the first fold needs training
     for fold in only if only is not None else range(k):
