@@ -6,6 +6,7 @@ import pytest
 from busseg.postprocess import (
     PostprocessSettings,
     decide,
+    lesion_score,
     load_settings,
     save_settings,
 )
@@ -71,3 +72,18 @@ def test_settings_validate_and_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"threshold": "high"}))
     with pytest.raises(ValueError, match="bad.json"):
         load_settings(tmp_path / "bad.json")
+
+
+def test_presence_rule_reads_the_peak_probability_without_a_head():
+    s = PostprocessSettings(threshold=0.5, presence_threshold=0.4)
+    normal = np.full((60, 60), 0.02, np.float32)
+    normal[5:9, 5:9] = 0.35  # peak 0.35 < 0.4: no lesion
+    assert lesion_score(normal, None) == np.float32(0.35)
+    assert decide(normal, None, s).sum() == 0
+    weak = np.full((60, 60), 0.02, np.float32)
+    weak[20:30, 20:30] = 0.3
+    weak[25, 25] = 0.45  # peak 0.45 >= 0.4: a lesion, though nothing reaches 0.5
+    mask = decide(weak, None, s)
+    assert mask.sum() == 100 and mask[20:30, 20:30].all()
+    assert decide(weak, None, PostprocessSettings()).sum() == 0  # plain: empty
+    assert lesion_score(weak, 0.1) == 0.1 and decide(weak, 0.1, s).sum() == 0  # a head decides

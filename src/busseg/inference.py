@@ -11,7 +11,7 @@ import torch
 
 from busseg.checkpoint import LoadedModel, load_model
 from busseg.models.unet import split_output
-from busseg.postprocess import decide
+from busseg.postprocess import decide, lesion_score
 from busseg.preprocess import prepare_input, resize_prob, to_gray01
 
 # N x 1 x S x S images in [0, 1] -> (probabilities N x 1 x S x S, lesion scores N or None)
@@ -20,10 +20,11 @@ Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
 
 @dataclass
 class Prediction:
-    """A probability map at the image's own resolution and the image-level lesion score."""
+    """A probability map at the image's own resolution and the image-level lesion score (the
+    presence head's probability, or the map's peak probability for a model without a head)."""
 
     prob: np.ndarray
-    score: float | None
+    score: float
 
 
 def torch_forward(loaded: LoadedModel, device: str = "cpu") -> Forward:
@@ -145,9 +146,10 @@ def predict_maps(
             prob = (prob + prob_f.flip(-1)) / 2
             score = None if score is None else (score + score_f) / 2
         for i, (g, p) in enumerate(zip(chunk, prob)):
-            s = None if score is None else float(score[i])
             shape = g.shape if shapes is None else shapes[start + i]
-            out.append(Prediction(resize_prob(p[None].float(), shape)[0, 0].numpy(), s))
+            full = resize_prob(p[None].float(), shape)[0, 0].numpy()
+            out.append(Prediction(full, lesion_score(full, None if score is None
+                                                     else float(score[i]))))
     return out
 
 

@@ -5,7 +5,7 @@ rule. `PostprocessSettings` is what `busseg tune` chooses and stores in `postpro
 beside the weights (and in the shipped weights' metadata).
 
 The rule, for a probability map `prob` and an image-level lesion score `score` (the presence
-head's probability; None for models without one):
+head's probability; for a model without a head, the map's peak probability, `lesion_score`):
 1. With a presence threshold and a score below it, the scan holds no lesion: the mask is empty.
 2. Otherwise threshold the map and drop components smaller than `min_area_frac` of the image
    (and, with `keep_largest`, all but the most lesion-like one).
@@ -81,6 +81,12 @@ def load_settings(path: Path | str) -> PostprocessSettings:
         raise ValueError(f"{path}: not valid post-processing settings ({exc})") from None
 
 
+def lesion_score(prob: np.ndarray, head_score: float | None) -> float:
+    """The image-level lesion score the presence rule reads: the presence head's probability,
+    or, for a model without a head, the peak probability of the map."""
+    return float(np.max(prob)) if head_score is None else float(head_score)
+
+
 def says_lesion(score: float | None, settings: PostprocessSettings) -> bool | None:
     """True/False from the presence rule; None when there is no rule or no score."""
     if settings.presence_threshold is None or score is None:
@@ -97,7 +103,7 @@ def _strongest_fallback(prob: np.ndarray) -> np.ndarray:
 
 def decide(prob: np.ndarray, score: float | None, settings: PostprocessSettings) -> np.ndarray:
     """The final boolean mask of one probability map (see the module docstring)."""
-    lesion = says_lesion(score, settings)
+    lesion = says_lesion(lesion_score(prob, score), settings)
     if lesion is False:
         return np.zeros(prob.shape, dtype=bool)
     mask = prob >= settings.threshold

@@ -24,7 +24,13 @@ from tqdm import tqdm
 
 from busseg.jsonio import write_json
 from busseg.metrics import image_metrics
-from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, decide, save_settings
+from busseg.postprocess import (
+    SETTINGS_FILE,
+    PostprocessSettings,
+    decide,
+    lesion_score,
+    save_settings,
+)
 from busseg.safety import claim
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
@@ -58,8 +64,8 @@ def choose(preds: dict[bool, tuple[list[np.ndarray], list[float | None]]],
     """Grid-search the settings on predictions `{tta: (probs, scores)}` against `truths`."""
     lesion = np.array([t.any() for t in truths])
     gates = {}  # the presence threshold depends on the scores alone: one per TTA choice
-    for tta, (_, scores) in preds.items():
-        sc = np.array([np.nan if s is None else s for s in scores], dtype=float)
+    for tta, (probs, scores) in preds.items():
+        sc = np.array([lesion_score(p, s) for p, s in zip(probs, scores)], dtype=float)
         gates[tta] = presence_threshold(sc[lesion], max_missed) if lesion.any() else None
     results = []
     grid = list(itertools.product(preds, THRESHOLDS, MIN_AREAS, (False, True)))
