@@ -140,3 +140,29 @@ def test_large_jpeg_is_decoded_reduced_and_answered_at_its_own_size(tmp_path):
     assert mask.shape == (big.height, big.width) and mask.any()
     full = segment(None, read_pil(tmp_path / "big.jpg"))  # decoded at full size, same model
     assert image_metrics(mask, full)["dice"] > 0.97
+
+
+def test_plain_output_ignores_the_model_settings(tiny_run, inputs, tmp_path):
+    """A model whose settings demand a lesion score above 1 empties every mask; `--plain` (or
+    `plain=True`) thresholds the map at 0.5 with no presence rule, as the probability map says."""
+    import shutil
+
+    from busseg.postprocess import PostprocessSettings, save_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_run / "unet_final.pt", run / "unet_final.pt")
+    save_settings(PostprocessSettings(threshold=0.3, presence_threshold=1.0),
+                  run / "postprocess.json")
+    src = inputs / "odd.png"
+    ruled = predict([str(src)], tmp_path / "ruled", checkpoint=run / "unet_final.pt",
+                    save_prob=True, progress=False)
+    assert main(["predict", str(src), "--out", str(tmp_path / "plain"), "--checkpoint",
+                 str(run / "unet_final.pt"), "--plain", "--save-prob"]) == 0
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    assert ruled.rows[0]["lesion_area_px"] == 0
+    assert plain["threshold"] == 0.5
+    prob = np.array(Image.open(tmp_path / "plain" / "odd_prob.png")) / 255.0
+    mask = np.array(Image.open(tmp_path / "plain" / "odd_mask.png")) > 0
+    assert mask.shape == prob.shape == (123, 157)
+    assert mask.sum() == pytest.approx((prob >= 0.5).sum(), abs=0.01 * mask.size)

@@ -93,7 +93,8 @@ def _predict(a: argparse.Namespace) -> int:
     r = predict(inputs, a.out, checkpoint=a.checkpoint, threshold=a.threshold, tta=a.tta,
                 save_prob=a.save_prob, overlay=a.overlay, device=a.device,
                 batch_size=a.batch_size, backend=a.backend, onnx_path=a.onnx, frames=a.frames,
-                overwrite=a.overwrite, include_masks=a.include_masks, dicom_seg=a.dicom_seg)
+                overwrite=a.overwrite, include_masks=a.include_masks, dicom_seg=a.dicom_seg,
+                plain=a.plain)
     for e in r.errors:
         print(f"error: {e}", file=sys.stderr)
     print(f"segmented {len(r.rows)} image(s) into {a.out} ({len(r.errors)} failed, "
@@ -283,6 +284,8 @@ def _add_predict(sub) -> None:
     s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
     s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="average with the horizontal flip (default: the model's setting)")
+    s.add_argument("--plain", action="store_true",
+                   help="the plain output: threshold 0.5, no TTA, no presence rule or filter")
     s.add_argument("--save-prob", action="store_true", help="also write <stem>_prob.png")
     s.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
     s.add_argument("--device", default="cpu", help="cpu or cuda")

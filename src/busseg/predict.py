@@ -25,7 +25,7 @@ from busseg.imageio import (
 )
 from busseg.inference import make_forward, predict_maps
 from busseg.jsonio import write_csv
-from busseg.postprocess import PostprocessSettings, decide
+from busseg.postprocess import PostprocessSettings, decide, plain_settings
 from busseg.preprocess import to_gray01
 from busseg.safety import claim, existing, inside
 
@@ -189,8 +189,11 @@ def predict(
     overwrite: bool = False,
     include_masks: bool = False,
     dicom_seg: bool = False,
+    plain: bool = False,
 ) -> PredictReport:
     """Segment every readable input; one bad file is reported and never stops the others.
+    `plain` gives the plain output (threshold 0.5, no TTA, no presence rule or filter) instead
+    of the model's settings; `threshold` and `tta` override either.
 
     `out` never lies inside an input folder and an input is never written over; an `out`
     holding an earlier run's results is refused unless `overwrite` (which removes that run's
@@ -209,11 +212,12 @@ def predict(
     model_id = _model_id(checkpoint, onnx_path if backend == "onnx" else None) if dicom_seg \
         else None
     if settings is None:
-        if threshold is None:
+        if threshold is None and not plain:
             raise ValueError(f"{onnx_path}: the file carries no busseg settings (exported by "
-                             "another tool?); pass --threshold to use it with plain settings")
+                             "another tool?); pass --threshold or --plain to use it with plain "
+                             "settings")
         settings = PostprocessSettings()
-    settings = settings.replace(threshold=threshold, tta=tta)
+    settings = (plain_settings() if plain else settings).replace(threshold=threshold, tta=tta)
     thr, tta = settings.threshold, settings.tta
     out.mkdir(parents=True, exist_ok=True)
     report = PredictReport(errors=list(errors), skipped=skipped)
