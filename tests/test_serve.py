@@ -246,3 +246,23 @@ def test_serves_an_exported_onnx_model_like_the_torch_one(tiny_run, server, tmp_
         assert post(url, _png(img)).json()["model"] == "tiny"
     with pytest.raises(ValueError, match="not both"):
         create_app(ServeConfig(str(tiny_run / "unet_final.pt"), onnx=str(onnx)))
+
+
+def test_plain_output_on_request(tiny_run, tmp_path):
+    """A model whose presence rule says "no lesion" everywhere answers empty masks; `plain`
+    (query or form) answers the plain output instead."""
+    import shutil
+
+    from busseg.postprocess import PostprocessSettings, save_settings
+
+    shutil.copy(tiny_run / "unet_final.pt", tmp_path / "unet_final.pt")
+    save_settings(PostprocessSettings(presence_threshold=1.0), tmp_path / "postprocess.json")
+    img, _ = scan(4, h=133, w=171)
+    with running(create_app(ServeConfig(str(tmp_path / "unet_final.pt")))) as url:
+        assert post(url, _png(img), threshold=0.0).json()["lesion_area_px"] == 0
+        plain = post(url, _png(img), threshold=0.0, plain="true").json()
+        assert plain["lesion_area_px"] == 171 * 133
+        assert post(url, _png(img), plain="true").json()["threshold"] == 0.5
+        form = httpx.post(url + "/v1/segment", files={"file": ("s.png", _png(img))},
+                          data={"plain": "true", "threshold": "0"}, timeout=60).json()
+        assert form["lesion_area_px"] == 171 * 133

@@ -28,7 +28,7 @@ from busseg.imageio import (
     read_upload,
 )
 from busseg.inference import Forward, make_forward, predict_maps, torch_forward
-from busseg.postprocess import PostprocessSettings, decide
+from busseg.postprocess import PostprocessSettings, decide, plain_settings
 from busseg.predict import gray_image, lesion_stats, overlay_image
 from busseg.preprocess import to_gray01
 from busseg.serve.protocol import DEFAULT_READ_TIMEOUT_S, uvicorn_config
@@ -197,7 +197,8 @@ class Segmenter:
     def __init__(self, model: ServedModel, max_pixels: int) -> None:
         self.model, self.max_pixels = model, max_pixels
 
-    def __call__(self, data: bytes, name: str, threshold: float | None, output: Output):
+    def __call__(self, data: bytes, name: str, threshold: float | None, output: Output,
+                 plain: bool = False):
         try:
             scan = read_upload(data, name, frames="first", max_pixels=self.max_pixels)[0]
             gray = to_gray01(scan.pixels)
@@ -209,7 +210,8 @@ class Segmenter:
             raise HTTPException(422, f"{name}: {exc.reason}") from None
         except ValueError as exc:
             raise HTTPException(422, f"{name}: {exc}") from None
-        settings = self.model.settings.replace(threshold=threshold)
+        settings = (plain_settings() if plain else self.model.settings).replace(
+            threshold=threshold)
         pred = predict_maps(self.model.forward, [gray], self.model.size, settings.tta,
                             shapes=[shape])[0]
         prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
@@ -266,13 +268,19 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         output: Annotated[Output | None, Query(
             description="json (default), or a mask/overlay/prob/scan PNG; also accepted as "
             "a form field")] = None,
+        plain: Annotated[bool | None, Query(
+            description="true: the plain output (threshold 0.5, no TTA, no presence rule or "
+            "filter) instead of the model's setting; also accepted as a form field")] = None,
         threshold_form: Annotated[float | None, Form(
             alias="threshold", ge=0.0, le=1.0, description="as the query parameter")] = None,
+        plain_form: Annotated[bool | None, Form(
+            alias="plain", description="as the query parameter")] = None,
         output_form: Annotated[Output | None, Form(
             alias="output", description="as the query parameter")] = None,
     ):
         threshold = _one_of("threshold", threshold, threshold_form)
         output = _one_of("output", output, output_form) or Output.json
+        plain = bool(_one_of("plain", plain, plain_form))
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > cfg.max_upload_bytes + 64 * 1024:
             raise HTTPException(413, f"upload over the {cfg.max_upload_bytes}-byte limit")
@@ -290,7 +298,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             big = header_pixels(data) > LARGE_PIXELS
             async with large_gate if big else contextlib.nullcontext(), gate:
                 return await asyncio.wait_for(
-                    run_in_threadpool(run_model, data, name, threshold, output), cfg.timeout_s)
+                    run_in_threadpool(run_model, data, name, threshold, output, plain),
+                    cfg.timeout_s)
         except asyncio.TimeoutError:
             raise HTTPException(503, f"{name}: took longer than {cfg.timeout_s:.0f} s") from None
         finally:
