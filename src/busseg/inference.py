@@ -140,11 +140,13 @@ def predict_maps(
     for start in range(0, len(images), batch_size):
         chunk = [to_gray01(im) for im in images[start:start + batch_size]]
         x = torch.cat([prepare_input(g, size) for g in chunk])
-        prob, score = forward(x)
-        if tta:
-            prob_f, score_f = forward(x.flip(-1))
-            prob = (prob + prob_f.flip(-1)) / 2
-            score = None if score is None else (score + score_f) / 2
+        if tta:  # the image and its flip in one forward pass
+            n = len(x)
+            both, both_score = forward(torch.cat([x, x.flip(-1)]))
+            prob = (both[:n] + both[n:].flip(-1)) / 2
+            score = None if both_score is None else (both_score[:n] + both_score[n:]) / 2
+        else:
+            prob, score = forward(x)
         for i, (g, p) in enumerate(zip(chunk, prob)):
             shape = g.shape if shapes is None else shapes[start + i]
             full = resize_prob(p[None].float(), shape)[0, 0].numpy()
