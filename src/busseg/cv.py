@@ -157,7 +157,8 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
 def predict_pool(forward_of_fold, pool: list[dict], folds: dict[str, int], k: int,
                  size: int, progress: bool = True) -> dict:
     """Held-out predictions of every pool image by the model of its fold, with and without flip
-    TTA: probabilities as uint8 (N x S x S) and lesion scores (NaN where the model has none)."""
+    TTA: probabilities as uint8 (N x S x S) and lesion scores (the peak probability where the
+    model has no head)."""
     from tqdm import tqdm
 
     from busseg.data.dataset import load_pair
@@ -181,7 +182,7 @@ def predict_pool(forward_of_fold, pool: list[dict], folds: dict[str, int], k: in
             for tta in (False, True):
                 p = predict_maps(forward, [gray], size, tta)[0]
                 probs[tta][i] = np.round(p.prob * 255).astype(np.uint8)
-                scores[tta][i] = np.nan if p.score is None else p.score
+                scores[tta][i] = p.score
             bar.update()
     bar.close()
     return {"names": np.array([r["name"] for r in pool]), "truth": truths,

@@ -267,7 +267,7 @@ def _write_scan(out: Path, path: Path, scan: Scan, gray: np.ndarray, pred, setti
             report.errors.append(f"{path}: no DICOM SEG written ({exc})")
     report.rows.append({"name": name, "file": str(path), "frame": scan.frame,
                         **lesion_stats(mask, prob, scan.pixel_spacing_mm),
-                        "lesion_score": None if pred.score is None else round(pred.score, 4)})
+                        "lesion_score": round(pred.score, 4)})
 
 
 def _write_results(out: Path, report: PredictReport, threshold: float) -> None:
