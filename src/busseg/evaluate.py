@@ -16,7 +16,7 @@ from busseg.imageio import ImageReadError, mask_image
 from busseg.inference import Checkpoints, make_forward, predict_maps
 from busseg.jsonio import write_csv, write_json
 from busseg.metrics import METRICS, Reliability, bootstrap_ci, image_metrics, nanmean
-from busseg.postprocess import PostprocessSettings, decide, plain_settings
+from busseg.postprocess import PostprocessSettings, chosen_settings, decide
 from busseg.safety import claim
 
 
@@ -109,17 +109,11 @@ def evaluate(
     if group_by and not groups:
         raise ValueError("--group-by needs --groups FILE.csv")
     group_values = read_groups(groups, group_by or []) if groups else None
-    forward, size, settings = make_forward(checkpoint, backend, onnx_path, device)
-    if settings is None:
-        if threshold is None and not plain:
-            raise ValueError(f"{onnx_path}: the file carries no busseg settings; pass "
-                             "--threshold or --plain")
-        settings = plain_settings()
+    forward, size, model_settings = make_forward(checkpoint, backend, onnx_path, device)
+    settings = chosen_settings(model_settings, plain, threshold, tta, onnx_path)
     claim([out / f for f in EVAL_OUTPUTS], overwrite)
-    settings = plain_settings() if plain else settings
     if not filter_components:
         settings = PostprocessSettings(threshold=settings.threshold, tta=settings.tta)
-    settings = settings.replace(threshold=threshold, tta=tta)
     pred_dir = out / "test_preds"
     pred_dir.mkdir(parents=True, exist_ok=True)
     rows, errors, reliability = [], [], Reliability()

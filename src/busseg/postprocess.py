@@ -69,6 +69,19 @@ def plain_settings() -> PostprocessSettings:
     return PostprocessSettings()
 
 
+def chosen_settings(model: PostprocessSettings | None, plain: bool = False,
+                    threshold: float | None = None, tta: bool | None = None,
+                    source: object = "the model") -> PostprocessSettings:
+    """What a command applies: the model's settings (the plain output with `plain`), then the
+    threshold and TTA it was given. A model file without settings (`model` None, `source` names
+    it) needs `plain` or a threshold."""
+    if model is None and threshold is None and not plain:
+        raise ValueError(f"{source}: the file carries no busseg settings (exported by another "
+                         "tool?); pass --threshold or --plain to use it with plain settings")
+    base = plain_settings() if plain or model is None else model
+    return base.replace(threshold=threshold, tta=tta)
+
+
 def save_settings(settings: PostprocessSettings, path: Path | str) -> None:
     Path(path).write_text(json.dumps(settings.to_dict(), indent=1))
 
@@ -87,11 +100,13 @@ def lesion_score(prob: np.ndarray, head_score: float | None) -> float:
     return float(np.max(prob)) if head_score is None else float(head_score)
 
 
-def says_lesion(score: float | None, settings: PostprocessSettings) -> bool | None:
-    """True/False from the presence rule; None when there is no rule or no score."""
-    if settings.presence_threshold is None or score is None:
+def says_lesion(prob: np.ndarray, score: float | None,
+                settings: PostprocessSettings) -> bool | None:
+    """True/False from the presence rule on the lesion score (`lesion_score`); None when there
+    is no rule."""
+    if settings.presence_threshold is None:
         return None
-    return bool(score >= settings.presence_threshold)
+    return bool(lesion_score(prob, score) >= settings.presence_threshold)
 
 
 def _strongest_fallback(prob: np.ndarray) -> np.ndarray:
@@ -103,7 +118,7 @@ def _strongest_fallback(prob: np.ndarray) -> np.ndarray:
 
 def decide(prob: np.ndarray, score: float | None, settings: PostprocessSettings) -> np.ndarray:
     """The final boolean mask of one probability map (see the module docstring)."""
-    lesion = says_lesion(lesion_score(prob, score), settings)
+    lesion = says_lesion(prob, score, settings)
     if lesion is False:
         return np.zeros(prob.shape, dtype=bool)
     mask = prob >= settings.threshold

@@ -25,7 +25,7 @@ from busseg.imageio import (
 )
 from busseg.inference import make_forward, predict_maps
 from busseg.jsonio import write_csv
-from busseg.postprocess import PostprocessSettings, decide, plain_settings
+from busseg.postprocess import chosen_settings, decide
 from busseg.preprocess import to_gray01
 from busseg.safety import claim, existing, inside
 
@@ -211,13 +211,7 @@ def predict(
     forward, size, settings = make_forward(checkpoint, backend, onnx_path, device, out)
     model_id = _model_id(checkpoint, onnx_path if backend == "onnx" else None) if dicom_seg \
         else None
-    if settings is None:
-        if threshold is None and not plain:
-            raise ValueError(f"{onnx_path}: the file carries no busseg settings (exported by "
-                             "another tool?); pass --threshold or --plain to use it with plain "
-                             "settings")
-        settings = PostprocessSettings()
-    settings = (plain_settings() if plain else settings).replace(threshold=threshold, tta=tta)
+    settings = chosen_settings(settings, plain, threshold, tta, onnx_path)
     thr, tta = settings.threshold, settings.tta
     out.mkdir(parents=True, exist_ok=True)
     report = PredictReport(errors=list(errors), skipped=skipped)

@@ -106,7 +106,9 @@ def preds_from_oof(cv_dir: Path | str) -> tuple[dict, list[np.ndarray]]:
 
     def unpack(prob_key: str, score_key: str):
         probs = [p.astype(np.float32) / 255.0 for p in z[prob_key]]
-        scores = [None if np.isnan(s) else float(s) for s in z[score_key]]
+        # OOF files written before models without a head had a lesion score hold NaN there
+        scores = [lesion_score(p, None if np.isnan(s) else float(s))
+                  for p, s in zip(probs, z[score_key])]
         return probs, scores
 
     return ({False: unpack("prob", "score"), True: unpack("prob_tta", "score_tta")},

@@ -28,7 +28,7 @@ from busseg.imageio import (
     read_upload,
 )
 from busseg.inference import Forward, make_forward, predict_maps, torch_forward
-from busseg.postprocess import PostprocessSettings, decide, plain_settings
+from busseg.postprocess import PostprocessSettings, chosen_settings, decide
 from busseg.predict import gray_image, lesion_stats, overlay_image
 from busseg.preprocess import to_gray01
 from busseg.serve.protocol import DEFAULT_READ_TIMEOUT_S, uvicorn_config
@@ -210,8 +210,7 @@ class Segmenter:
             raise HTTPException(422, f"{name}: {exc.reason}") from None
         except ValueError as exc:
             raise HTTPException(422, f"{name}: {exc}") from None
-        settings = (plain_settings() if plain else self.model.settings).replace(
-            threshold=threshold)
+        settings = chosen_settings(self.model.settings, plain, threshold)
         pred = predict_maps(self.model.forward, [gray], self.model.size, settings.tta,
                             shapes=[shape])[0]
         prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
