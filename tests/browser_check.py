@@ -28,10 +28,15 @@ def check_demo(page, url, image_path):
     page.set_input_files("#file", image_path)
     # a selector, not a JS predicate: the page's CSP forbids the eval a predicate needs
     page.wait_for_selector("#stats[data-ready='1']", state="attached", timeout=60000)
-    drawn = page.evaluate("window.bussegOverlayPixels()")
-    stats = page.inner_text("#stats")
-    return {"overlay_pixels": drawn, "stats": stats,
-            "threshold_shown": page.inner_text("#thr-value")}
+    result = {"overlay_pixels": page.evaluate("window.bussegOverlayPixels()"),
+              "stats": page.inner_text("#stats"),
+              "threshold_shown": page.inner_text("#thr-value")}
+    page.click("#plain")  # the plain output: the page asks the server again
+    page.wait_for_selector("#stats[data-ready='1']", state="attached", timeout=60000)
+    result.update(plain_overlay_pixels=page.evaluate("window.bussegOverlayPixels()"),
+                  plain_stats=page.inner_text("#stats"),
+                  plain_threshold_shown=page.inner_text("#thr-value"))
+    return result
 
 
 def main() -> None:

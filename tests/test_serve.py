@@ -115,6 +115,7 @@ def test_browser_upload_draws_overlay(tiny_run, tmp_path):
                             "demo", url + "/", str(sample)], capture_output=True, text=True,
                            timeout=180)
         api = post(url, sample.read_bytes(), name=sample.name).json()
+        api_plain = post(url, sample.read_bytes(), name=sample.name, plain="true").json()
     assert r.returncode == 0, r.stdout + r.stderr
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["console_errors"] == []
@@ -124,6 +125,10 @@ def test_browser_upload_draws_overlay(tiny_run, tmp_path):
     cli = int((np.array(Image.open(tmp_path / "cli" / "malignant_104_mask.png")) > 0).sum())
     assert result["overlay_pixels"] == api["lesion_area_px"] == cli > 500
     assert result["threshold_shown"] == f"{load_model().threshold:.2f}"
+    # the plain-output switch draws the plain mask (it differs here) and says so
+    assert result["plain_overlay_pixels"] == api_plain["lesion_area_px"] != api["lesion_area_px"]
+    assert result["plain_threshold_shown"] == "0.50"
+    assert "plain output" in result["plain_stats"] and "plain output" not in result["stats"]
 
 
 def test_parameters_as_form_fields_are_used_or_rejected(server):

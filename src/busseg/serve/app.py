@@ -210,6 +210,8 @@ class Segmenter:
             raise HTTPException(422, f"{name}: {exc.reason}") from None
         except ValueError as exc:
             raise HTTPException(422, f"{name}: {exc}") from None
+        if output is Output.scan:  # the scan as the server read it: no model run needed
+            return _png(gray_image(gray, shape))
         settings = chosen_settings(self.model.settings, plain, threshold)
         pred = predict_maps(self.model.forward, [gray], self.model.size, settings.tta,
                             shapes=[shape])[0]
@@ -218,8 +220,6 @@ class Segmenter:
             return _png(mask_image(mask))
         if output is Output.overlay:
             return _png(overlay_image(gray, mask))
-        if output is Output.scan:
-            return _png(gray_image(gray, shape))
         if output is Output.prob:
             return _png(prob_image(prob))
         return SegmentResult(model=self.model.name, version=__version__,
