@@ -269,3 +269,26 @@ def test_train_on_val_adds_the_val_scans_and_needs_select_last(prepared, tmp_pat
     train_only = sorted(p.stem for p in (prepared / "train" / "images").iterdir())
     assert sorted(used["val"]) == val
     assert sorted(used["train"]) == sorted(train_only + val)
+
+
+def test_progressive_resizing_trains_the_first_epochs_at_half_size(prepared, tmp_path):
+    import csv
+
+    from busseg.trainer import resize_batch
+
+    x = torch.rand(2, 1, 64, 64)
+    y = torch.zeros(2, 1, 64, 64)
+    y[:, :, 10:30, 20:50] = 1
+    xs, ys = resize_batch(x, y, 32)
+    assert xs.shape == ys.shape == (2, 1, 32, 32)
+    assert set(ys.unique().tolist()) == {0.0, 1.0} and int(ys.sum()) == 2 * 10 * 15
+    torch.testing.assert_close(xs[0, 0, 0, 0], x[0, 0, :2, :2].mean())
+    assert resize_batch(x, y, 64)[0] is x
+    cfg = resolve_config(None, [
+        f"data={prepared}", f"out={tmp_path}", "size=64", "epochs=3", "batch_size=4",
+        "model.width=4", "model.depth=2", "progress=false", "amp=fp32", "progressive_epochs=2"])
+    train(cfg)
+    with open(tmp_path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["train_size"]) for r in rows] == [32, 32, 64]
+    assert all(np.isfinite(float(r["val_dice"])) for r in rows)

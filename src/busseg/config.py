@@ -64,6 +64,7 @@ class TrainConfig(_Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     schedule_epochs: int | None = Field(None, ge=1)  # the cosine's length (None: epochs)
     warmup_epochs: int = Field(3, ge=0)
+    progressive_epochs: int = Field(0, ge=0)  # train this many first epochs at half the size
     ema: float = Field(0.995, ge=0.0, lt=1.0)  # 0: no EMA weights
     select: Literal["best", "last"] = "best"
     train_on_val: bool = False  # also train on the val split (then it only logs: select last)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 from tqdm import tqdm
 
 from busseg.checkpoint import build_from_config, save_checkpoint
@@ -100,6 +101,22 @@ def training_loss(outputs, y: torch.Tensor, presence_weight: float, loss: str = 
     if presence is not None and presence_weight > 0:
         total = total + presence_weight * presence_loss(presence.float(), y)
     return total, (seg[0] if isinstance(seg, list) else seg)
+
+
+def train_size(cfg: TrainConfig, epoch: int) -> int:
+    """The side of epoch `epoch`'s (0-based) training batches: half the size during the first
+    `progressive_epochs` epochs (progressive resizing), the full size afterwards."""
+    return cfg.size // 2 if epoch < cfg.progressive_epochs else cfg.size
+
+
+def resize_batch(x: torch.Tensor, y: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """An augmented batch at side `size`: images area-averaged, masks area-averaged and
+    thresholded at 0.5 (still binary)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x, y
+    x = F.interpolate(x, size=(size, size), mode="area")
+    y = (F.interpolate(y, size=(size, size), mode="area") >= 0.5).to(y.dtype)
+    return x, y
 
 
 def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -319,6 +336,7 @@ class Trainer:
         order = torch.multinomial(self.weights, self.steps_per_epoch * self.global_batch,
                                   replacement=True, generator=self.gen)
         sums = torch.zeros(3, device=self.device)  # loss, accuracy, Dice: no sync per step
+        side = train_size(cfg, epoch)
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and info.main), leave=False, unit="batch")
         for step in bar:
@@ -326,9 +344,10 @@ class Trainer:
             idx = order[start:start + cfg.batch_size]
             x, y = ts.batch(idx.to(ts.images.device), self.device)
             x, y = augment_batch(x, y, self.malignant[idx], cfg.augment, self.aug_gen)
+            x, y = resize_batch(x, y, side)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            if self.graph_pending:
+            if self.graph_pending and side == cfg.size:  # a graph is captured at one shape
                 self.graph_pending = False
                 self.graphed = graph_training_forward(self.model, x, self.dtype)
             loss = self._step(x, y, sums)
@@ -337,7 +356,8 @@ class Trainer:
         n = float(self.steps_per_epoch * cfg.batch_size)
         totals = Totals(*sums.tolist(), images=n, dice_images=n)
         means = totals.reduced(info, self.device).means()
-        return {"epoch": epoch + 1, **{f"train_{k}": v for k, v in means.items()}}
+        return {"epoch": epoch + 1, "train_size": side,
+                **{f"train_{k}": v for k, v in means.items()}}
 
     def _step(self, x: torch.Tensor, y: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
         """One optimiser step on a batch; its summed loss, accuracy and Dice are added to
