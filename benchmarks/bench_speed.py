@@ -2,8 +2,9 @@
 
     python benchmarks/bench_speed.py [--device cpu|cuda] [--json out.json] [--repeats 5]
 
-Prints a table; quote the ratios (the host may be shared). Training steps include the batched
-augmentation of uint8 in-memory data, exactly as `busseg train` runs them; on CUDA the default
+Prints a table; quote the ratios (the host may be shared). Training is timed through the
+trainer of `busseg train` itself (`Trainer.train_epoch` on synthetic uint8 in-memory scans:
+sampling, batched augmentation, forward, loss, backward, AdamW, scheduler, EMA); on CUDA the default
 model is timed eager and with its training forward / backward as CUDA graphs (what `busseg
 train` does on one GPU). On CUDA the fp32 roof is measured with TF32 matmuls when cuDNN may use
 TF32 for convolutions (PyTorch's default), since the models' fp32 convolutions then run in TF32.
@@ -25,21 +26,22 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from busseg.checkpoint import build_from_config
-from busseg.config import AugmentConfig, config_to_dict, resolve_config
-from busseg.cudagraph import graph_training_forward
-from busseg.data.augment import augment_batch
-from busseg.losses import bce_dice_loss
-from busseg.models import count_parameters, create_model
-from busseg.models.unet import split_output
+from busseg.config import config_to_dict, resolve_config
+from busseg.data.dataset import TensorSplit
+from busseg.distributed import DistInfo
+from busseg.models import count_parameters
 from busseg.precision import choose_precision
+from busseg.trainer import Trainer
 
 SIZE, EPOCH_IMAGES = 256, 470
+CONFIG = Path(__file__).parents[1] / "configs" / "busi.yaml"
+# the classic U-Net (`busseg.models` "unet_classic") as overrides of the recipe's model keys
+CLASSIC = ("model.width=64", "model.depth=4", "model.stem_stride=1")
 
 
 def default_model() -> torch.nn.Module:
     """The shipped architecture as `configs/busi.yaml` describes it."""
-    mc = resolve_config(Path(__file__).parents[1] / "configs" / "busi.yaml").model
-    return build_from_config(config_to_dict(mc))
+    return build_from_config(config_to_dict(resolve_config(CONFIG).model))
 
 
 def timed(fn, repeats: int, warmup: int = 1, sync=lambda: None) -> float:
@@ -98,48 +100,31 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
     return float(counter.get_total_flops())
 
 
-def train_step(model, device, batch: int, dtype, graph: bool = False):
-    """One training step as `busseg train` runs it: batched augmentation of uint8 in-memory data,
-    forward (bf16 autocast when `dtype`; replayed as CUDA graphs when `graph`), BCE + Dice,
-    backward, Adam (fused on CUDA)."""
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4, fused=device.type == "cuda" or None)
-    if graph:
-        sample = torch.zeros(batch, 1, SIZE, SIZE, device=device).contiguous(
-            memory_format=torch.channels_last)
-        if not graph_training_forward(model, sample, dtype):
-            raise RuntimeError("CUDA graph capture failed")
-    images = torch.randint(0, 256, (64, 1, SIZE, SIZE), dtype=torch.uint8, device=device)
-    masks = (torch.rand(64, 1, SIZE, SIZE, device=device) > 0.8).to(torch.uint8)
-    gen = torch.Generator(device=device).manual_seed(0)
-    cfg = AugmentConfig()
-
-    def step():
-        idx = torch.randint(0, 64, (batch,), device=device)
-        x, y = images[idx].float() / 255, masks[idx].float()
-        x, y = augment_batch(x, y, idx % 3 == 0, cfg, gen)
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype is not None):
-            out, _ = split_output(model(x))
-        loss = bce_dice_loss(out.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
+def bench_trainer(device: torch.device, batch: int, dtype, graph: bool = False,
+                  steps: int = 1, model: tuple[str, ...] = ()) -> Trainer:
+    """The `Trainer` of `configs/busi.yaml`'s recipe (`model` overrides its shape) on `steps`
+    batches of synthetic uint8 scans: one `train_epoch` is `steps` of the very steps `busseg
+    train` runs (sampling, batched augmentation, forward in `dtype`, replayed as CUDA graphs
+    when `graph`, loss, backward, AdamW, scheduler, EMA)."""
+    amp = "fp32" if dtype is None else "bf16"
+    out = tempfile.mkdtemp(prefix="busseg_bench_")
+    cfg = resolve_config(CONFIG, [f"out={out}", f"batch_size={batch}", f"amp={amp}",
+                                  f"device={device}", f"cuda_graph={graph}", "progress=false",
+                                  *model])
+    n = batch * steps
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, cfg.size, cfg.size), dtype=torch.uint8, generator=gen)
+    masks = (torch.rand(n, 1, cfg.size, cfg.size, generator=gen) > 0.8).to(torch.uint8)
+    labels = [("benign", "malignant", "normal")[i % 3] for i in range(n)]
+    data = TensorSplit(images, masks, [f"synthetic_{i}" for i in range(n)], labels).to(device)
+    return Trainer(cfg, DistInfo(), device, data, data, provenance={})
 
 
-def train_speed(model, device, batch: int, repeats: int, dtype, sync, graph: bool = False,
-                steps: int = 10) -> float:
-    """Training images/s: augment + forward + backward + Adam step, `steps` batches per timing
-    (one step alone would time the GPU's idle gaps between Python launches and syncs)."""
-    step = train_step(model, device, batch, dtype, graph)
-
-    def run():
-        for _ in range(steps):
-            step()
-
-    return steps * batch / timed(run, repeats, 1, sync)
+def train_speed(trainer: Trainer, repeats: int, sync) -> float:
+    """Training images/s: `train_epoch` timed (one or more steps per timing: one step alone
+    would time the GPU's idle gaps between Python launches and syncs)."""
+    images = trainer.steps_per_epoch * trainer.cfg.batch_size
+    return images / timed(lambda: trainer.train_epoch(0), repeats, 1, sync)
 
 
 def infer_eager(model, device, batch: int, repeats: int, dtype, sync) -> float:
@@ -181,17 +166,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def measure(name: str, make, dtype, device, args, sync, roofs: dict,
+def measure(name: str, shape: tuple[str, ...], dtype, device, args, sync, roofs: dict,
             graph: bool = False) -> dict:
     """Every figure of one model in one precision (training as CUDA graphs when `graph`)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    model = make().to(device).to(memory_format=torch.channels_last)
+    trainer = bench_trainer(device, args.batch, dtype, graph, 10 if cuda else 1, shape)
+    model = trainer.model
     fwd = forward_flops(model, device)
     reps = args.classic_repeats if name == "classic" else args.repeats
-    img_s = train_speed(model, device, args.batch, reps, dtype, sync, graph,
-                        steps=10 if cuda else 1)
+    img_s = train_speed(trainer, reps, sync)
     precision = "bf16" if dtype is not None else "fp32"
     row = {"model": name, "precision": precision, "graph": graph,
            "params": count_parameters(model),
@@ -231,14 +216,12 @@ def main() -> None:
     if bf16:
         roofs["bf16"] = matmul_roof(device, sync, torch.bfloat16)
     res["roofs"] = roofs
-    rows = [measure("default", default_model, None, device, args, sync, roofs)]
+    rows = [measure("default", (), None, device, args, sync, roofs)]
     if bf16:
-        rows.append(measure("default", default_model, torch.bfloat16, device, args, sync, roofs))
+        rows.append(measure("default", (), torch.bfloat16, device, args, sync, roofs))
     if cuda:
-        rows.append(measure("default", default_model, chosen, device, args, sync, roofs,
-                            graph=True))
-    rows.append(measure("classic", lambda: create_model("unet_classic"), None, device, args,
-                        sync, roofs))
+        rows.append(measure("default", (), chosen, device, args, sync, roofs, graph=True))
+    rows.append(measure("classic", CLASSIC, None, device, args, sync, roofs))
     res["rows"] = rows
     if not cuda:
         res["onnx_fp32_ms_b1"] = infer_onnx(1, args.repeats) * 1e3

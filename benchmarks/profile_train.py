@@ -2,11 +2,11 @@
 
     python benchmarks/profile_train.py [--precision bf16|fp32] [--steps 10] [--batch 8]
 
-Profiles `--steps` training steps (augmentation, forward, backward, Adam), exactly as
-`bench_speed.py` times them, with torch.profiler, and prints the share of the step's CPU time
-spent in convolutions (forward and backward), batch norm, element-wise work and everything
-else. Only convolution time runs near the matmul roof; the rest is memory-bound, which bounds
-the fraction of the roof a whole step can reach.
+Profiles `--steps` training steps of `busseg train`'s trainer (sampling, augmentation,
+forward, backward, AdamW, EMA), exactly as `bench_speed.py` times them, with torch.profiler,
+and prints the share of the step's CPU time spent in convolutions (forward and backward),
+batch norm, element-wise work and everything else. Only convolution time runs near the matmul
+roof; the rest is memory-bound, which bounds the fraction of the roof a whole step can reach.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import time
 from collections import defaultdict
 
 import torch
-from bench_speed import default_model, train_step  # the step bench_speed.py times
+from bench_speed import bench_trainer  # the steps bench_speed.py times
 from torch.profiler import ProfilerActivity, profile
 
 KINDS = (  # first match wins; names are ATen / oneDNN operator names
     ("convolution", ("conv",)),  # aten and oneDNN convolutions, forward and backward
     ("batch norm", ("batch_norm",)),
     ("augmentation", ("grid_sampler", "affine_grid", "normal", "uniform", "rand")),
-    ("optimizer", ("_foreach", "adam")),
+    ("optimizer and EMA", ("_foreach", "adam", "lerp")),
     ("pool / upsample copy", ("max_pool", "cat", "copy_", "contiguous", "to_copy", "clone")),
     ("element-wise", ("relu", "threshold", "add", "mul", "sub", "div", "sigmoid", "binary_cross",
                       "sum", "mean", "pow", "sqrt", "where", "fill", "zero", "clamp")),
@@ -44,9 +44,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
     args = ap.parse_args()
-    model = default_model().to(memory_format=torch.channels_last)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
-    step = train_step(model, torch.device("cpu"), args.batch, dtype)
+    trainer = bench_trainer(torch.device("cpu"), args.batch, dtype)
+
+    def step():  # one batch: the trainer's epoch over a split of one batch
+        trainer.train_epoch(0)
 
     for _ in range(3):
         step()
