@@ -264,9 +264,12 @@ def test_plain_output_on_request(tiny_run, tmp_path):
     save_settings(PostprocessSettings(presence_threshold=1.0), tmp_path / "postprocess.json")
     img, _ = scan(4, h=133, w=171)
     with running(create_app(ServeConfig(str(tmp_path / "unet_final.pt")))) as url:
-        assert post(url, _png(img), threshold=0.0).json()["lesion_area_px"] == 0
+        ruled = post(url, _png(img), threshold=0.0).json()
+        assert ruled["lesion_area_px"] == 0
         plain = post(url, _png(img), threshold=0.0, plain="true").json()
         assert plain["lesion_area_px"] == 171 * 133
+        # the score the rule read (the map's peak: this model has no head), the same either way
+        assert 0.0 < ruled["lesion_score"] == plain["lesion_score"] < 1.0
         assert post(url, _png(img), plain="true").json()["threshold"] == 0.5
         form = httpx.post(url + "/v1/segment", files={"file": ("s.png", _png(img))},
                           data={"plain": "true", "threshold": "0"}, timeout=60).json()

@@ -83,7 +83,7 @@ class SegmentResult(BaseModel):
     bbox_xyxy: list[int] | None
     n_lesions: int
     mean_prob: float | None
-    lesion_score: float | None = None
+    lesion_score: float  # the presence head's probability, or the map's peak without a head
     lesion_area_mm2: float | None
 
 
