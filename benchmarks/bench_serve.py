@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from busseg.predict import sample_files
+from busseg.safety import OutputExistsError, claim
 from busseg.serve.app import ServeConfig, create_app
 from busseg.serve.background import running
 
@@ -161,8 +162,14 @@ def main() -> None:
     ap.add_argument("--checkpoint")
     ap.add_argument("--onnx", help="serve this exported file with ONNX Runtime "
                     "(busseg export [--int8])")
-    ap.add_argument("--json")
+    ap.add_argument("--json", help="write the results here (refused if it exists, unless "
+                    "--overwrite)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = ap.parse_args()
+    try:  # refuse before minutes of measuring, not after
+        claim([args.json] if args.json else [], args.overwrite)
+    except OutputExistsError as exc:
+        ap.error(str(exc))
     data = Path(sample_files()[0]).read_bytes()
     large = large_picture(args.large_format) if args.large_clients else None
     rows = []

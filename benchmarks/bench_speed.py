@@ -31,6 +31,7 @@ from busseg.data.dataset import TensorSplit
 from busseg.distributed import DistInfo
 from busseg.models import count_parameters
 from busseg.precision import choose_precision
+from busseg.safety import OutputExistsError, claim
 from busseg.trainer import Trainer
 
 SIZE, EPOCH_IMAGES = 256, 470
@@ -196,7 +197,9 @@ def measure(name: str, shape: tuple[str, ...], dtype, device, args, sync, roofs:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", help="write the results here (refused if it exists, unless "
+                    "--overwrite)")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--classic-repeats", type=int, default=2,
                     help="training repeats of the slow classic model")
@@ -204,6 +207,10 @@ def main() -> None:
     ap.add_argument("--calibration", default="data/train/images",
                     help="scans for the int8 ONNX model (skipped when missing)")
     args = ap.parse_args()
+    try:  # refuse before minutes of measuring, not after
+        claim([args.json] if args.json else [], args.overwrite)
+    except OutputExistsError as exc:
+        ap.error(str(exc))
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
