@@ -102,23 +102,27 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
 
 
 def bench_trainer(device: torch.device, batch: int, dtype, graph: bool = False,
-                  steps: int = 1, model: tuple[str, ...] = ()) -> Trainer:
-    """The `Trainer` of `configs/busi.yaml`'s recipe (`model` overrides its shape) on `steps`
-    batches of synthetic uint8 scans: one `train_epoch` is `steps` of the very steps `busseg
-    train` runs (sampling, batched augmentation, forward in `dtype`, replayed as CUDA graphs
-    when `graph`, loss, backward, AdamW, scheduler, EMA)."""
+                  steps: int = 1, overrides: tuple[str, ...] = ()) -> Trainer:
+    """The `Trainer` of `configs/busi.yaml`'s recipe (`overrides`: `key=value` changes, such as
+    the model's shape) on `steps` batches of synthetic uint8 scans: one `train_epoch` is `steps`
+    of the very steps `busseg train` runs (sampling, batched augmentation, forward in `dtype`,
+    replayed as CUDA graphs when `graph`, loss, backward, AdamW, scheduler, EMA). Its (empty)
+    output folder is a temporary one, removed with the trainer."""
     amp = "fp32" if dtype is None else "bf16"
-    out = tempfile.mkdtemp(prefix="busseg_bench_")
+    tmp = tempfile.TemporaryDirectory(prefix="busseg_bench_")
+    out = tmp.name
     cfg = resolve_config(CONFIG, [f"out={out}", f"batch_size={batch}", f"amp={amp}",
                                   f"device={device}", f"cuda_graph={graph}", "progress=false",
-                                  *model])
+                                  *overrides])
     n = batch * steps
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, cfg.size, cfg.size), dtype=torch.uint8, generator=gen)
     masks = (torch.rand(n, 1, cfg.size, cfg.size, generator=gen) > 0.8).to(torch.uint8)
     labels = [("benign", "malignant", "normal")[i % 3] for i in range(n)]
     data = TensorSplit(images, masks, [f"synthetic_{i}" for i in range(n)], labels).to(device)
-    return Trainer(cfg, DistInfo(), device, data, data, provenance={})
+    trainer = Trainer(cfg, DistInfo(), device, data, data, provenance={})
+    trainer.bench_tmp = tmp  # the folder lives as long as the trainer
+    return trainer
 
 
 def train_speed(trainer: Trainer, repeats: int, sync) -> float:
