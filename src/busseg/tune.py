@@ -63,9 +63,12 @@ def choose(preds: dict[bool, tuple[list[np.ndarray], list[float | None]]],
            progress: bool = True) -> dict:
     """Grid-search the settings on predictions `{tta: (probs, scores)}` against `truths`."""
     lesion = np.array([t.any() for t in truths])
+    # one lesion score per map (the peak where a model has no head), read by every grid row
+    preds = {tta: (probs, [lesion_score(p, s) for p, s in zip(probs, scores)])
+             for tta, (probs, scores) in preds.items()}
     gates = {}  # the presence threshold depends on the scores alone: one per TTA choice
-    for tta, (probs, scores) in preds.items():
-        sc = np.array([lesion_score(p, s) for p, s in zip(probs, scores)], dtype=float)
+    for tta, (_, scores) in preds.items():
+        sc = np.array(scores, dtype=float)
         gates[tta] = presence_threshold(sc[lesion], max_missed) if lesion.any() else None
     results = []
     grid = list(itertools.product(preds, THRESHOLDS, MIN_AREAS, (False, True)))
@@ -107,9 +110,8 @@ def preds_from_oof(cv_dir: Path | str) -> tuple[dict, list[np.ndarray]]:
     def unpack(prob_key: str, score_key: str):
         probs = [p.astype(np.float32) / 255.0 for p in z[prob_key]]
         # OOF files written before models without a head had a lesion score hold NaN there
-        scores = [lesion_score(p, None if np.isnan(s) else float(s))
-                  for p, s in zip(probs, z[score_key])]
-        return probs, scores
+        # (`choose` fills those in)
+        return probs, [None if np.isnan(s) else float(s) for s in z[score_key]]
 
     return ({False: unpack("prob", "score"), True: unpack("prob_tta", "score_tta")},
             list(z["truth"]))
