@@ -147,3 +147,28 @@ def test_nested_validation_keeps_the_held_out_fold_unseen(prepared, tmp_path):
     assert json.loads((tmp_path / "cv" / "folds.json").read_text())["inner_val"] == 0.25
     with pytest.raises(ValueError, match="trained with --inner-val 0.25, not 0.0"):
         run_cv(cfg, tmp_path / "cv", k=3, only=[0])
+
+
+def test_heads_fitted_per_fold_never_see_their_held_out_scans(cv_run, prepared, tmp_path):
+    import torch
+
+    from busseg.presence import fit_cv_heads
+    from busseg.safety import OutputExistsError
+
+    out, _ = cv_run
+    heads = tmp_path / "cv_heads"
+    fits = fit_cv_heads(out, heads, prepared, l2=1.0)
+    folds = json.loads((out / "folds.json").read_text())["folds"]
+    for f in fits:
+        outside = sum(1 for k in folds.values() if k != f["fold"])
+        assert f["n_lesion"] + f["n_normal"] == outside
+        src = torch.load(out / f"fold_{f['fold']}" / "unet_final.pt", weights_only=True)
+        new = torch.load(heads / f"fold_{f['fold']}" / "unet_final.pt", weights_only=True)
+        seg = [k for k in src["model_state"] if not k.startswith("presence.")]
+        assert all(torch.equal(src["model_state"][k], new["model_state"][k]) for k in seg)
+        assert not torch.equal(src["model_state"]["presence.weight"],
+                               new["model_state"]["presence.weight"])
+    summary = gather_oof(heads, prepared, progress=False)
+    assert summary["n_images"] == sum(r["class"] != "normal" for r in read_pool(prepared))
+    with pytest.raises(OutputExistsError):
+        fit_cv_heads(out, heads, prepared, l2=1.0)

@@ -125,6 +125,30 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
                        settings_for(path, meta))
 
 
+def checkpoint_dict(path: Path | str) -> dict:
+    """A `.pt` checkpoint's dict, or the same keys (weights, the config's model and size, epoch,
+    metrics, provenance) of `.safetensors` weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    if path.suffix != ".safetensors":
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+            raise ValueError(f"{path}: not a busseg checkpoint (no model_state)")
+        return ckpt
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("busseg", "{}"))
+    if "model" not in meta:
+        raise ValueError(f"{path}: carries no busseg model config")
+    return {"model_state": load_file(str(path)),
+            "config": {"model": meta["model"], "size": meta.get("size", DEFAULTS.size)},
+            "epoch": meta.get("epoch"), "metrics": meta.get("metrics", {}),
+            "provenance": meta.get("provenance")}
+
+
 RUN_FILES = ("*.npy", "history.csv", "config.yaml", "splits.json", "split_used.json",
              "tune.json", "train_summary.json", "precision.json", SETTINGS_FILE)
 

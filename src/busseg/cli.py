@@ -102,6 +102,23 @@ def _predict(a: argparse.Namespace) -> int:
     return 1 if r.errors else 0
 
 
+def _fit_presence(a: argparse.Namespace) -> int:
+    from busseg.presence import DEFAULT_L2, fit_cv_heads, fit_presence_head
+
+    l2 = DEFAULT_L2 if a.l2 is None else a.l2
+    if a.cv:
+        fits = fit_cv_heads(a.cv, a.out, a.data, l2, overwrite=a.overwrite)
+        for f in fits:
+            print(f"fold {f['fold']}: {f['n_lesion']} lesion, {f['n_normal']} normal scans, "
+                  f"training AUC {f['train_auc']:.3f}")
+        print(f"wrote {a.out}; next: busseg cv --out {a.out} --gather-only")
+        return 0
+    f = fit_presence_head(a.checkpoint, a.out, a.data, l2, overwrite=a.overwrite)
+    print(f"{f['n_lesion']} lesion, {f['n_normal']} normal scans, training AUC "
+          f"{f['train_auc']:.3f}; wrote {a.out} (choose its rule: busseg tune)")
+    return 0
+
+
 def _tune(a: argparse.Namespace) -> int:
     from busseg.tune import tune_postprocess
 
@@ -314,6 +331,22 @@ def _add_tune(sub) -> None:
     s.set_defaults(func=_tune)
 
 
+def _add_fit_presence(sub) -> None:
+    s = _verb(sub, "fit-presence", "fit a lesion-presence head on a trained, frozen model")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="a .pt or .safetensors file: fit on the train + val "
+                     "scans of --data, write --out (a .pt checkpoint)")
+    src.add_argument("--cv", help="or a cross-validation folder: fit each fold model on its own "
+                     "training scans, write a new cross-validation folder --out")
+    s.add_argument("--out", required=True, help="the .pt file, or the new cross-validation folder")
+    s.add_argument("--data", default="data", help="prepared data folder (default: data)")
+    s.add_argument("--l2", type=float, default=None,
+                   help="L2 strength of the logistic regression (default: %(default)s -> "
+                   "the package default)")
+    _add_overwrite(s)
+    s.set_defaults(func=_fit_presence)
+
+
 def _add_report(sub) -> None:
     s = _verb(sub, "report", "self-contained HTML report of a run")
     s.add_argument("run_dir", nargs="?", help="run folder (default: the shipped model)")
@@ -378,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"busseg {__version__}")
     sub = p.add_subparsers(dest="verb", required=True)
     for add in (_add_prepare, _add_train, _add_cv, _add_evaluate, _add_predict, _add_tune,
-                _add_report, _add_serve, _add_export):
+                _add_fit_presence, _add_report, _add_serve, _add_export):
         add(sub)
     return p
 
