@@ -341,8 +341,8 @@ def _add_fit_presence(sub) -> None:
     s.add_argument("--out", required=True, help="the .pt file, or the new cross-validation folder")
     s.add_argument("--data", default="data", help="prepared data folder (default: data)")
     s.add_argument("--l2", type=float, default=None,
-                   help="L2 strength of the logistic regression (default: %(default)s -> "
-                   "the package default)")
+                   help="L2 strength of the logistic regression on standardised features "
+                   "(default: busseg.presence.DEFAULT_L2, chosen on OOF results)")
     _add_overwrite(s)
     s.set_defaults(func=_fit_presence)
 
