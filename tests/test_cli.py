@@ -7,7 +7,8 @@ import pytest
 
 from busseg.cli import build_parser, main
 
-VERBS = ["prepare", "train", "cv", "evaluate", "predict", "export", "tune", "report", "serve"]
+VERBS = ["prepare", "train", "cv", "evaluate", "predict", "export", "tune", "fit-presence",
+         "report", "serve"]
 RECIPE = str(Path(__file__).parents[1] / "configs" / "busi.yaml")
 
 

@@ -67,6 +67,10 @@ def test_cli_fits_a_head_and_refuses_to_replace_it(tiny_run, prepared, tmp_path)
     stamp = out.stat().st_mtime_ns
     assert main(args) == 1 and out.stat().st_mtime_ns == stamp
     assert main(args + ["--overwrite"]) == 0
+    from busseg.checkpoint import export_safetensors
+
+    shipped_form = load_model(export_safetensors(out, tmp_path / "m.safetensors"))
+    assert shipped_form.has_presence and shipped_form.meta["presence_fit"]["n_normal"] > 0
     assert main(args[:3] + ["--out", str(tmp_path / "x.safetensors"), "--data",
                             str(prepared)]) == 1
 

@@ -177,7 +177,9 @@ def export_safetensors(checkpoint: Path | str, out: Path | str, name: str | None
     meta = {"name": name, "model": cfg["model"], "size": cfg["size"],
             "threshold": settings.threshold, "postprocess": settings.to_dict(),
             "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
-            "provenance": ckpt.get("provenance"), **(extra or {})}
+            "provenance": ckpt.get("provenance"),
+            **({"presence_fit": ckpt["presence_fit"]} if "presence_fit" in ckpt else {}),
+            **(extra or {})}
     state = {k: v.contiguous() for k, v in ckpt["model_state"].items()}
     save_file(state, str(out), metadata={"busseg": json.dumps(meta)})
     logs = run_dir_of(out)
