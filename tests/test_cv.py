@@ -172,3 +172,6 @@ def test_heads_fitted_per_fold_never_see_their_held_out_scans(cv_run, prepared, 
     assert summary["n_images"] == sum(r["class"] != "normal" for r in read_pool(prepared))
     with pytest.raises(OutputExistsError):
         fit_cv_heads(out, heads, prepared, l2=1.0)
+    with pytest.raises(ValueError, match="folder of their own"):
+        fit_cv_heads(out, out / "heads", prepared, l2=1.0, overwrite=True)
+    assert (out / "fold_0" / "unet_final.pt").is_file()

@@ -87,3 +87,27 @@ def test_a_head_fits_on_shipped_safetensors_weights(prepared, tmp_path):
     same = {k: v for k, v in head["model_state"].items() if not k.startswith("presence.")}
     assert all(torch.equal(v, shipped["model_state"][k]) for k, v in same.items())
     assert json.dumps(head["presence_fit"])  # plain types only
+
+
+def test_bad_inputs_are_refused_with_the_file_named(tiny_run, prepared, tmp_path, capsys):
+    from busseg.cli import main
+
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    out = tmp_path / "new" / "unet_final.pt"
+    assert main(["fit-presence", "--checkpoint", str(bad), "--out", str(out), "--data",
+                 str(prepared)]) == 1
+    err = capsys.readouterr().err
+    assert str(bad) in err and "Traceback" not in err and not out.exists()
+    src = tiny_run / "unet_final.pt"
+    stamp = src.stat().st_mtime_ns
+    assert main(["fit-presence", "--checkpoint", str(src), "--out", str(src), "--data",
+                 str(prepared), "--overwrite"]) == 1
+    assert "new file" in capsys.readouterr().err and src.stat().st_mtime_ns == stamp
+    # a folder whose postprocess.json was chosen for another model's score
+    (tmp_path / "tuned").mkdir()
+    (tmp_path / "tuned" / "postprocess.json").write_text("{}")
+    assert main(["fit-presence", "--checkpoint", str(src), "--out",
+                 str(tmp_path / "tuned" / "h.pt"), "--data", str(prepared)]) == 1
+    assert "postprocess.json" in capsys.readouterr().err
+    assert not (tmp_path / "tuned" / "h.pt").exists()

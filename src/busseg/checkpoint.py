@@ -86,6 +86,30 @@ def checkpoint_meta(ckpt: dict) -> dict:
             "provenance": ckpt.get("provenance"), **ckpt.get("postprocess", {})}
 
 
+def _read_pt(path: Path) -> dict:
+    """A `.pt` checkpoint's dict; an unreadable file raises ValueError naming it."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable busseg checkpoint ({exc})") from None
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+        raise ValueError(f"{path}: not a busseg checkpoint (no model_state)")
+    return ckpt
+
+
+def _read_safetensors(path: Path) -> tuple[dict, dict]:
+    """(weights, busseg metadata) of a `.safetensors` file; unreadable raises ValueError."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("busseg", "{}"))
+        return load_file(str(path)), meta
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+
+
 def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> LoadedModel:
     """Load a `.pt` checkpoint or `.safetensors` weights (None: the shipped default model)."""
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_WEIGHTS
@@ -93,24 +117,10 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
         hint = " (the shipped weights are missing: reinstall busseg)" if checkpoint is None else ""
         raise FileNotFoundError(f"{path}: checkpoint not found{hint}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        try:
-            with safe_open(str(path), framework="pt") as fh:
-                meta = json.loads((fh.metadata() or {}).get("busseg", "{}"))
-            state = load_file(str(path))
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+        state, meta = _read_safetensors(path)
     else:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable busseg checkpoint ({exc})") from None
-        if not isinstance(ckpt, dict) or "model_state" not in ckpt:
-            raise ValueError(f"{path}: not a busseg checkpoint (no model_state)")
-        state = ckpt["model_state"]
-        meta = checkpoint_meta(ckpt)
+        ckpt = _read_pt(path)
+        state, meta = ckpt["model_state"], checkpoint_meta(ckpt)
     net = build_from_config(meta.get("model", {}))
     try:
         net.load_state_dict(state)
@@ -132,18 +142,11 @@ def checkpoint_dict(path: Path | str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     if path.suffix != ".safetensors":
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(ckpt, dict) or "model_state" not in ckpt:
-            raise ValueError(f"{path}: not a busseg checkpoint (no model_state)")
-        return ckpt
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads((fh.metadata() or {}).get("busseg", "{}"))
+        return _read_pt(path)
+    state, meta = _read_safetensors(path)
     if "model" not in meta:
         raise ValueError(f"{path}: carries no busseg model config")
-    return {"model_state": load_file(str(path)),
+    return {"model_state": state,
             "config": {"model": meta["model"], "size": meta.get("size", DEFAULTS.size)},
             "epoch": meta.get("epoch"), "metrics": meta.get("metrics", {}),
             "provenance": meta.get("provenance")}

@@ -37,25 +37,18 @@ def pooled_features(net: nn.Module, images: torch.Tensor, batch: int = 32) -> to
     each image followed by its left-right flip."""
     old, capture = net.presence, _Capture()
     net.presence = capture
-    feats = []
+    own, flipped = [], []
     try:
         net.eval()
         for start in range(0, len(images), batch):
             x = images[start:start + batch].float().div_(255.0)
-            for view in (x, x.flip(-1)):
+            for view, into in ((x, own), (x.flip(-1), flipped)):
                 net(view.contiguous(memory_format=torch.channels_last))
-                feats.append(capture.features.double())
+                into.append(capture.features.double())
     finally:
         net.presence = old
-    n = len(images)
-    # interleave: each image's own features, then its flip's
-    out = torch.empty(2 * n, feats[0].shape[1], dtype=torch.float64)
-    row = 0
-    for k in range(0, len(feats), 2):
-        b = len(feats[k])
-        out[row:row + 2 * b:2], out[row + 1:row + 2 * b:2] = feats[k], feats[k + 1]
-        row += 2 * b
-    return out
+    # rows: image 0, its flip, image 1, its flip, ...
+    return torch.stack([torch.cat(own), torch.cat(flipped)], dim=1).flatten(0, 1)
 
 
 def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = DEFAULT_L2,
@@ -125,9 +118,11 @@ def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str = "data",
     predictions `busseg cv --gather-only` then gathers."""
     from busseg.checkpoint import save_checkpoint
     from busseg.cv import load_pool, read_pool
-    from busseg.safety import claim
+    from busseg.safety import claim, inside
 
     cv_dir, out = Path(cv_dir), Path(out)
+    if inside(out, cv_dir) or inside(cv_dir, out):
+        raise ValueError(f"{out}: the fitted folds need a folder of their own, apart from {cv_dir}")
     doc = json.loads((cv_dir / "folds.json").read_text())
     claim([out], overwrite)
     pool = [r for r in read_pool(data) if r["name"] in doc["folds"]]
@@ -153,13 +148,19 @@ def fit_presence_head(checkpoint: Path | str, out: Path | str, data: Path | str 
     prepared `data` and write the result as a `.pt` checkpoint `out`; returns the fit's record."""
     from busseg.checkpoint import checkpoint_dict, save_checkpoint
     from busseg.cv import load_pool, read_pool
+    from busseg.postprocess import SETTINGS_FILE
     from busseg.safety import claim
 
     out = Path(out)
     if out.suffix != ".pt":
         raise ValueError(f"{out}: the fitted model is written as a .pt checkpoint")
-    claim([out], overwrite)
+    if out.resolve() == Path(checkpoint).resolve():
+        raise ValueError(f"{out}: write the fitted model to a new file, not over {checkpoint}")
+    if (out.parent / SETTINGS_FILE).is_file():
+        raise ValueError(f"{out.parent / SETTINGS_FILE}: holds settings chosen for another model, "
+                         "which a .pt in that folder would load; write to a folder of its own")
     ckpt = checkpoint_dict(checkpoint)
+    claim([out], overwrite)
     fitted = fit_head_state(ckpt, load_pool(read_pool(data), ckpt["config"]["size"]), l2)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, fitted)
