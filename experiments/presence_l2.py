@@ -23,6 +23,7 @@ from busseg.checkpoint import build_from_config
 from busseg.cv import load_oof, load_pool, read_pool
 from busseg.data.dataset import list_pairs, load_pairs
 from busseg.presence import auc, fit_logistic, pooled_features
+from busseg.safety import claim
 from busseg.tune import presence_threshold
 
 
@@ -52,8 +53,14 @@ def main() -> None:
     p.add_argument("--data", default="data")
     p.add_argument("--external", type=Path, help="a folder of lesion scans (images/, masks/)")
     p.add_argument("--l2", type=float, nargs="+", default=[1.0, 10.0, 100.0, 1000.0])
-    p.add_argument("--json", type=Path, help="also write the rows here")
+    p.add_argument("--json", type=Path, help="also write the rows here (refused if it exists)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     a = p.parse_args()
+    if a.json:
+        try:
+            claim([a.json], a.overwrite)  # checked before the slow part
+        except FileExistsError as exc:
+            raise SystemExit(f"error: {exc}") from None
     doc = json.loads((a.cv_dir / "folds.json").read_text())
     pool = [r for r in read_pool(a.data) if r["name"] in doc["folds"]]
     fold_of = np.array([doc["folds"][r["name"]] for r in pool])
