@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from busseg.checkpoint import load_model
 from busseg.cv import load_oof
-from busseg.metrics import image_metrics
+from busseg.metrics import auc, image_metrics
 from busseg.postprocess import decide, lesion_score
 from busseg.tune import presence_threshold
 
@@ -48,10 +48,8 @@ def main() -> None:
         for name, f in SCORES.items():
             s = np.array([f(p) for p in probs])
             thr = presence_threshold(s[lesion])
-            auc = ((s[lesion][:, None] > s[~lesion][None]).mean()
-                   + 0.5 * (s[lesion][:, None] == s[~lesion][None]).mean())
             print(f"  {name:30s} normal FP at <= 2% missed {(s[~lesion] >= thr).mean():.3f}"
-                  f"  AUC {auc:.3f}")
+                  f"  AUC {auc(s, lesion.astype(int)):.3f}")
         base, filled, closed = [], [], []
         for p, t in zip(probs, z["truth"]):
             if not t.any():

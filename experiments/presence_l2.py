@@ -19,21 +19,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from busseg.checkpoint import build_from_config
+from busseg.checkpoint import checkpoint_dict
 from busseg.cv import load_oof, load_pool, read_pool
 from busseg.data.dataset import list_pairs, load_pairs
-from busseg.presence import auc, fit_logistic, pooled_features
+from busseg.metrics import auc
+from busseg.presence import fit_logistic, frozen_net, pooled_features
 from busseg.safety import claim
 from busseg.tune import presence_threshold
 
 
 def fold_net(cv_dir: Path, fold: int) -> tuple[torch.nn.Module, int]:
-    ckpt = torch.load(cv_dir / f"fold_{fold}" / "unet_final.pt", weights_only=True)
-    cfg = {**ckpt["config"]["model"], "presence_head": False}
-    net = build_from_config(cfg)
-    net.load_state_dict({k: v for k, v in ckpt["model_state"].items()
-                         if not k.startswith("presence.")})
-    return net.eval().to(memory_format=torch.channels_last), ckpt["config"]["size"]
+    ckpt = checkpoint_dict(cv_dir / f"fold_{fold}" / "unet_final.pt")
+    return frozen_net(ckpt)[0], ckpt["config"]["size"]
 
 
 def rule_row(name: str, oof: np.ndarray, lesion: np.ndarray, ext: np.ndarray | None) -> dict:

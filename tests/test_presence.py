@@ -6,7 +6,8 @@ import torch
 
 from busseg.checkpoint import build_from_config, checkpoint_dict, load_model
 from busseg.cv import load_pool, read_pool
-from busseg.presence import auc, fit_head_state, fit_logistic, pooled_features
+from busseg.metrics import auc
+from busseg.presence import fit_head_state, fit_logistic, pooled_features
 
 
 def test_fit_logistic_separates_the_classes_and_needs_both():

@@ -133,3 +133,10 @@ class Reliability:
         for key in ("edges", "count", "positive", "prob_sum"):
             setattr(rel, key, np.asarray(d[key], dtype=float))
         return rel
+
+
+def auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half)."""
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))

@@ -14,7 +14,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -80,23 +79,24 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = DEFAULT_L2,
     return w_raw, float((b - (w.detach() * mean / std).sum()).item())
 
 
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half)."""
-    pos, neg = scores[labels == 1], scores[labels == 0]
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+def frozen_net(ckpt: dict) -> tuple[nn.Module, dict, dict]:
+    """(network without a head in eval mode, its model config, its weights) of checkpoint dict
+    `ckpt`; a head the checkpoint already has is left out."""
+    from busseg.checkpoint import build_from_config
+
+    model_cfg = {**ckpt["config"]["model"], "presence_head": False}
+    state = {k: v for k, v in ckpt["model_state"].items() if not k.startswith("presence.")}
+    net = build_from_config(model_cfg)
+    net.load_state_dict(state)
+    return net.eval().to(memory_format=torch.channels_last), model_cfg, state
 
 
 def fit_head_state(ckpt: dict, images: TensorSplit, l2: float = DEFAULT_L2) -> dict:
     """A copy of checkpoint dict `ckpt` with a presence head fitted on `images` (lesion when the
     mask is not empty) and `config.model.presence_head` set; `presence_fit` records the fit."""
-    from busseg.checkpoint import build_from_config
+    from busseg.metrics import auc
 
-    model_cfg = {**ckpt["config"]["model"], "presence_head": False}
-    net = build_from_config(model_cfg)
-    state = {k: v for k, v in ckpt["model_state"].items() if not k.startswith("presence.")}
-    net.load_state_dict(state)
-    net = net.to(memory_format=torch.channels_last)
+    net, model_cfg, state = frozen_net(ckpt)
     x = pooled_features(net, images.images)
     y = images.masks.flatten(1).any(1).repeat_interleave(2).long()
     w, b = fit_logistic(x, y, l2)
@@ -116,7 +116,7 @@ def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str = "data",
     """Fit a head on every fold model of `cv_dir` with that fold's training scans only, into a
     new cross-validation folder `out` (its `folds.json` and fold summaries copied) whose OOF
     predictions `busseg cv --gather-only` then gathers."""
-    from busseg.checkpoint import save_checkpoint
+    from busseg.checkpoint import checkpoint_dict, save_checkpoint
     from busseg.cv import load_pool, read_pool
     from busseg.safety import claim, inside
 
@@ -128,8 +128,7 @@ def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str = "data",
     pool = [r for r in read_pool(data) if r["name"] in doc["folds"]]
     fits = []
     for fold in range(doc["k"]):
-        ckpt = torch.load(cv_dir / f"fold_{fold}" / "unet_final.pt", map_location="cpu",
-                          weights_only=True)
+        ckpt = checkpoint_dict(cv_dir / f"fold_{fold}" / "unet_final.pt")
         rows = [r for r in pool if doc["folds"][r["name"]] != fold]
         fitted = fit_head_state(ckpt, load_pool(rows, ckpt["config"]["size"]), l2)
         (out / f"fold_{fold}").mkdir(parents=True)
