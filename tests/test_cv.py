@@ -98,6 +98,7 @@ def test_tune_on_oof_writes_settings_and_tuned_oof_metrics(cv_run, prepared, tmp
     shutil.copy(out / "fold_0" / "unet_final.pt", ckpt)
     report = tune_postprocess(ckpt, cv_dir=out, progress=False, overwrite=True)
     chosen = json.loads((tmp_path / "postprocess.json").read_text())
+    assert chosen.pop("for_checkpoint") == "unet_final.pt"  # the file names the tuned weights
     assert chosen == report["best"]["settings"] and chosen["presence_threshold"] is not None
     tuned = json.loads((out / "oof" / "tuned" / "metrics.json").read_text())
     assert tuned["postprocess"] == chosen

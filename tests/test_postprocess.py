@@ -72,6 +72,23 @@ def test_settings_validate_and_round_trip(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"threshold": "high"}))
     with pytest.raises(ValueError, match="bad.json"):
         load_settings(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[0.5]")
+    with pytest.raises(ValueError, match="list.json"):
+        load_settings(tmp_path / "list.json")
+
+
+def test_a_settings_file_applies_only_to_the_weights_it_names(tmp_path):
+    from busseg.checkpoint import settings_for
+
+    tuned = PostprocessSettings(threshold=0.3, tta=True, presence_threshold=0.6)
+    save_settings(tuned, tmp_path / "postprocess.json", "unet_final.pt")
+    assert json.loads((tmp_path / "postprocess.json").read_text())["for_checkpoint"] == (
+        "unet_final.pt")
+    assert settings_for(tmp_path / "unet_final.pt", {}) == tuned
+    own = {"threshold": 0.45}  # last.pt in the same folder keeps its own settings
+    assert settings_for(tmp_path / "last.pt", own) == PostprocessSettings(threshold=0.45)
+    save_settings(tuned, tmp_path / "postprocess.json")  # a file naming no weights: every .pt
+    assert settings_for(tmp_path / "last.pt", own) == tuned
 
 
 def test_presence_rule_reads_the_peak_probability_without_a_head():

@@ -12,7 +12,7 @@ from torch import nn
 
 from busseg.config import TrainConfig
 from busseg.models import create_model
-from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, load_settings
+from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, read_settings
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "busseg_default.safetensors"
@@ -54,10 +54,13 @@ def legacy_settings(meta: dict) -> PostprocessSettings:
 
 
 def settings_for(checkpoint: Path, meta: dict) -> PostprocessSettings:
-    """A model's post-processing: `postprocess.json` beside a `.pt`, else its own metadata."""
+    """A model's post-processing: `postprocess.json` beside a `.pt` when it was chosen for that
+    file (or names none), else the model's own metadata."""
     sidecar = checkpoint.with_name(SETTINGS_FILE)
     if checkpoint.suffix == ".pt" and sidecar.is_file():
-        return load_settings(sidecar)
+        settings, owner = read_settings(sidecar)
+        if owner in (None, checkpoint.name):
+            return settings
     if isinstance(meta.get("postprocess"), dict):
         return PostprocessSettings.from_dict(meta["postprocess"])
     return legacy_settings(meta)

@@ -82,16 +82,30 @@ def chosen_settings(model: PostprocessSettings | None, plain: bool = False,
     return base.replace(threshold=threshold, tta=tta)
 
 
-def save_settings(settings: PostprocessSettings, path: Path | str) -> None:
-    Path(path).write_text(json.dumps(settings.to_dict(), indent=1))
+OWNER_KEY = "for_checkpoint"  # the file name of the model a `postprocess.json` was chosen for
+
+
+def save_settings(settings: PostprocessSettings, path: Path | str,
+                  for_checkpoint: str | None = None) -> None:
+    """Write a `postprocess.json`; `for_checkpoint` names the model file it belongs to."""
+    owner = {OWNER_KEY: for_checkpoint} if for_checkpoint else {}
+    Path(path).write_text(json.dumps({**owner, **settings.to_dict()}, indent=1))
+
+
+def read_settings(path: Path | str) -> tuple[PostprocessSettings, str | None]:
+    """A `postprocess.json`'s settings and the model file it names (None in files that name
+    none); a bad file raises ValueError naming it."""
+    try:
+        data = json.loads(Path(path).read_text())
+        owner = data.pop(OWNER_KEY, None) if isinstance(data, dict) else None
+        return PostprocessSettings.from_dict(data), owner
+    except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{path}: not valid post-processing settings ({exc})") from None
 
 
 def load_settings(path: Path | str) -> PostprocessSettings:
-    """Read a `postprocess.json`; a bad file raises ValueError naming it."""
-    try:
-        return PostprocessSettings.from_dict(json.loads(Path(path).read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as exc:
-        raise ValueError(f"{path}: not valid post-processing settings ({exc})") from None
+    """Read a `postprocess.json`'s settings; a bad file raises ValueError naming it."""
+    return read_settings(path)[0]
 
 
 def lesion_score(prob: np.ndarray, head_score: float | None) -> float:

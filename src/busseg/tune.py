@@ -154,7 +154,7 @@ def tune_postprocess(checkpoint: Path | str, val_dir: Path | str | None = None,
     report["source"] = f"out-of-fold predictions of {cv_dir}" if cv_dir else str(val_dir)
     chosen = PostprocessSettings(**report["best"]["settings"])
     if write:
-        save_settings(chosen, folder / SETTINGS_FILE)
+        save_settings(chosen, folder / SETTINGS_FILE, Path(checkpoint).name)
         write_json(folder / "tune.json", report)
     if cv_dir is not None and write:  # the OOF results under the chosen settings
         from busseg.cv import load_oof, score_oof
