@@ -4,10 +4,12 @@
 
 Prints a table; quote the ratios (the host may be shared). Training is timed through the
 trainer of `busseg train` itself (`Trainer.train_epoch` on synthetic uint8 in-memory scans:
-sampling, batched augmentation, forward, loss, backward, AdamW, scheduler, EMA); on CUDA the default
-model is timed eager and with its training forward / backward as CUDA graphs (what `busseg
-train` does on one GPU). On CUDA the fp32 roof is measured with TF32 matmuls when cuDNN may use
-TF32 for convolutions (PyTorch's default), since the models' fp32 convolutions then run in TF32.
+sampling, batched augmentation, forward, loss, backward, AdamW, scheduler, EMA); on CUDA the
+default model is timed eager and with its training forward / backward as CUDA graphs (what
+`busseg train` does on one GPU); on a CPU, eager and with its training step through
+`torch.compile` (what `compile: auto` weighs there). On CUDA the fp32 roof is measured with TF32
+matmuls when cuDNN may use TF32 for convolutions (PyTorch's default), since the models' fp32
+convolutions then run in TF32.
 """
 
 from __future__ import annotations
@@ -104,16 +106,17 @@ def forward_flops(model: torch.nn.Module, device: torch.device) -> float:
 def bench_trainer(device: torch.device, batch: int, dtype, graph: bool = False,
                   steps: int = 1, overrides: tuple[str, ...] = ()) -> Trainer:
     """The `Trainer` of `configs/busi.yaml`'s recipe (`overrides`: `key=value` changes, such as
-    the model's shape) on `steps` batches of synthetic uint8 scans: one `train_epoch` is `steps`
-    of the very steps `busseg train` runs (sampling, batched augmentation, forward in `dtype`,
-    replayed as CUDA graphs when `graph`, loss, backward, AdamW, scheduler, EMA). Its (empty)
-    output folder is a temporary one, removed with the trainer."""
+    the model's shape or `compile=true`; eager by default) on `steps` batches of synthetic uint8
+    scans: one `train_epoch` is `steps` of the very steps `busseg train` runs (sampling, batched
+    augmentation, forward in `dtype`, replayed as CUDA graphs when `graph`, loss, backward,
+    AdamW, scheduler, EMA). Its (empty) output folder is a temporary one, removed with the
+    trainer."""
     amp = "fp32" if dtype is None else "bf16"
     tmp = tempfile.TemporaryDirectory(prefix="busseg_bench_")
     out = tmp.name
     cfg = resolve_config(CONFIG, [f"out={out}", f"batch_size={batch}", f"amp={amp}",
                                   f"device={device}", f"cuda_graph={graph}", "progress=false",
-                                  *overrides])
+                                  "compile=false", *overrides])
     n = batch * steps
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, cfg.size, cfg.size), dtype=torch.uint8, generator=gen)
@@ -172,18 +175,20 @@ def peak_rss_mb() -> float:
 
 
 def measure(name: str, shape: tuple[str, ...], dtype, device, args, sync, roofs: dict,
-            graph: bool = False) -> dict:
-    """Every figure of one model in one precision (training as CUDA graphs when `graph`)."""
+            graph: bool = False, compiled: bool = False) -> dict:
+    """Every figure of one model in one precision (training as CUDA graphs when `graph`, its
+    step through `torch.compile` when `compiled`; inference stays eager)."""
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    trainer = bench_trainer(device, args.batch, dtype, graph, 10 if cuda else 1, shape)
+    overrides = shape + (("compile=true",) if compiled else ())
+    trainer = bench_trainer(device, args.batch, dtype, graph, 10 if cuda else 1, overrides)
     model = trainer.model
     fwd = forward_flops(model, device)
     reps = args.classic_repeats if name == "classic" else args.repeats
     img_s = train_speed(trainer, reps, sync)
     precision = "bf16" if dtype is not None else "fp32"
-    row = {"model": name, "precision": precision, "graph": graph,
+    row = {"model": name, "precision": precision, "graph": graph, "compiled": compiled,
            "params": count_parameters(model),
            "gflop_fwd": fwd / 1e9, "train_img_s": img_s,
            "train_gflops": 3 * fwd * img_s / 1e9,
@@ -232,6 +237,8 @@ def main() -> None:
         rows.append(measure("default", (), torch.bfloat16, device, args, sync, roofs))
     if cuda:
         rows.append(measure("default", (), chosen, device, args, sync, roofs, graph=True))
+    else:  # what `compile: auto` weighs on a CPU: the training step through torch.compile
+        rows.append(measure("default", (), chosen, device, args, sync, roofs, compiled=True))
     rows.append(measure("classic", CLASSIC, None, device, args, sync, roofs))
     res["rows"] = rows
     if not cuda:
@@ -245,8 +252,10 @@ def main() -> None:
 
 
 def row_label(row: dict) -> str:
-    """'default bf16', 'default fp32 graph', ...: a row's model, precision and CUDA graphs."""
-    return f"{row['model']} {row['precision']}{' graph' if row.get('graph') else ''}"
+    """'default bf16', 'default fp32 graph', 'default fp32 compiled', ...: a row's model,
+    precision, CUDA graphs and compiled step."""
+    return (f"{row['model']} {row['precision']}{' graph' if row.get('graph') else ''}"
+            f"{' compiled' if row.get('compiled') else ''}")
 
 
 def print_table(r: dict) -> None:
@@ -265,9 +274,9 @@ def print_table(r: dict) -> None:
             ("train_gflops", "{:.0f}"), ("train_roof_fraction", "{:.0%}"),
             ("infer_ms_b1", "{:.1f}"), ("infer_img_s_b16", "{:.1f}"),
             ("infer_roof_fraction", "{:.0%}"), ("peak_mem_mb", "{:.0f}")]
-    print(f"{'model':<16}" + "".join(f"{c:>20}" for c, _ in cols))
+    print(f"{'model':<22}" + "".join(f"{c:>20}" for c, _ in cols))
     for row in r["rows"]:
-        print(f"{row_label(row):<16}" + "".join(f"{fmt.format(row[c]):>20}" for c, fmt in cols))
+        print(f"{row_label(row):<22}" + "".join(f"{fmt.format(row[c]):>20}" for c, fmt in cols))
     base = r["rows"][0]
     for row in r["rows"][1:]:
         print(f"{row_label(row)} / default fp32: train "

@@ -1,6 +1,6 @@
 """Where a training step of the default model spends its time, by kind of operator.
 
-    python benchmarks/profile_train.py [--precision bf16|fp32] [--steps 10] [--batch 8]
+    python benchmarks/profile_train.py [--precision bf16|fp32] [--steps 10] [--batch 8] [--compile]
 
 Profiles `--steps` training steps of `busseg train`'s trainer (sampling, augmentation,
 forward, backward, AdamW, EMA), exactly as `bench_speed.py` times them, with torch.profiler,
@@ -43,9 +43,12 @@ def main() -> None:
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--compile", action="store_true",
+                    help="the training step through torch.compile (`compile: true`)")
     args = ap.parse_args()
     dtype = torch.bfloat16 if args.precision == "bf16" else None
-    trainer = bench_trainer(torch.device("cpu"), args.batch, dtype)
+    trainer = bench_trainer(torch.device("cpu"), args.batch, dtype,
+                            overrides=("compile=true",) if args.compile else ())
 
     def step():  # one batch: the trainer's epoch over a split of one batch
         trainer.train_epoch(0)

@@ -79,6 +79,7 @@ class TrainConfig(_Strict):
     channels_last: bool = True
     cuda_graph: bool = True  # one GPU: replay the training forward / backward as CUDA graphs
     amp: Literal["auto", "fp32", "bf16"] = "auto"
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the training step (busseg.stepcompile)
     normal_share: float = Field(0.1, ge=0.0, lt=1.0)
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     loss: Literal["bce_dice", "bce_tversky", "focal_dice"] = "bce_dice"  # busseg.losses

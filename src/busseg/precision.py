@@ -46,7 +46,7 @@ def autocast(dtype: torch.dtype | None, device: torch.device):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def _step_time(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> float:
+def step_time(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None) -> float:
     """Seconds of one forward + backward step."""
     sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
     sync()
@@ -75,11 +75,11 @@ def probe_bf16(model: nn.Module, size: int, batch: int = 4, rounds: int = 4,
     kinds = (None, torch.bfloat16)
     for dtype in kinds:
         for _ in range(warmup):
-            _step_time(model, x, dtype)
+            step_time(model, x, dtype)
     best = {dtype: float("inf") for dtype in kinds}
     for _ in range(rounds):
         for dtype in kinds:
-            best[dtype] = min(best[dtype], _step_time(model, x, dtype))
+            best[dtype] = min(best[dtype], step_time(model, x, dtype))
     fp32, bf16 = best[None], best[torch.bfloat16]
     return {"fp32_s_per_step": fp32, "bf16_s_per_step": bf16, "bf16_speedup": fp32 / bf16}
 

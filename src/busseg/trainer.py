@@ -42,6 +42,7 @@ from busseg.losses import deep_supervision_loss, presence_loss, seg_loss
 from busseg.metrics import LOG_KEYS, batch_dice
 from busseg.models.unet import split_output
 from busseg.precision import autocast, choose_precision
+from busseg.stepcompile import choose_compile
 
 log = logging.getLogger("busseg.train")
 LAST_EVERY_S = 30.0  # `last.pt` at most this often (and at the run's end): a GPU epoch is < 1 s
@@ -260,6 +261,9 @@ class Trainer:
         self.graph_pending = cfg.cuda_graph and can_graph(device, info.enabled)
         self.graphed = False
         self.saved_at = time.time()  # when `last.pt` was last written
+        self.step_net, self.precision["compile"] = self._choose_compile(resume)
+        if info.main:
+            (self.out / "precision.json").write_text(json.dumps(self.precision, indent=1))
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
@@ -293,6 +297,30 @@ class Trainer:
             log.info("precision: %s (%s)", precision["precision"], precision["reason"])
             (self.out / "precision.json").write_text(json.dumps(precision, indent=1))
         return dtype, precision
+
+    def _choose_compile(self, resume: bool) -> tuple[nn.Module, dict]:
+        """The module that runs training steps: `self.net` or its `torch.compile` as `compile`
+        says (a resumed 'auto' run keeps its recorded choice); every rank takes rank 0's."""
+        cfg, recorded = self.cfg, self.out / "precision.json"
+        setting = cfg.compile
+        if resume and setting == "auto" and recorded.is_file():
+            setting = bool(json.loads(recorded.read_text()).get("compile", {}).get("compiled"))
+        gen = torch.Generator().manual_seed(0)  # the global RNG stays untouched
+        x = torch.rand(cfg.batch_size, 1, cfg.size, cfg.size, generator=gen).to(self.device)
+        if cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        net, info = choose_compile(setting, self.net, x, self.dtype,
+                                   self.steps_per_epoch * cfg.epochs)
+        if broadcast_flag(info["compiled"], self.info, self.device) != info["compiled"]:
+            net, info = choose_compile(not info["compiled"], self.net, x, self.dtype, 0)
+            info["reason"] = "rank 0's choice"
+        if resume and cfg.compile == "auto":
+            info = {**info, "setting": "auto", "reason": "resumed run: " + info["reason"]}
+        if info["compiled"]:
+            self.graph_pending = False  # a compiled step is not captured as a CUDA graph
+        if self.info.main:
+            log.info("compile: %s (%s)", info["compiled"], info["reason"])
+        return net, info
 
     def state_dict(self) -> dict:
         """Everything `last.pt` keeps: weights, optimiser, schedule, generators, progress."""
@@ -363,7 +391,7 @@ class Trainer:
         """One optimiser step on a batch; its summed loss, accuracy and Dice are added to
         `sums`; the batch's loss."""
         with autocast(self.dtype, self.device):
-            outputs = self.net(x)
+            outputs = self.step_net(x)
         loss, logits = training_loss(outputs, y, self.cfg.presence_weight, self.cfg.loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
