@@ -59,14 +59,14 @@ def test_auto_probe_times_both_and_leaves_the_model_as_it_was():
 
 def test_a_compile_that_fails_falls_back_to_eager(monkeypatch, tmp_path):
     inductor = pytest.importorskip("torch._inductor.config")
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setattr(inductor, "fx_graph_cache", False)
-    monkeypatch.setattr(inductor.cpp, "cxx", (str(tmp_path / "no-such-c++"),))
-    torch._dynamo.reset()
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))  # nothing cached
     net = tiny(width=3)  # a graph this process has not compiled
     before = {k: v.clone() for k, v in net.state_dict().items()}
+    torch._dynamo.reset()
     try:
-        out, info = choose_compile("auto", net, batch(), None, LONG)
+        with inductor.patch({"fx_graph_cache": False,
+                             "cpp.cxx": (str(tmp_path / "no-such-c++"),)}):
+            out, info = choose_compile("auto", net, batch(), None, LONG)
     finally:
         torch._dynamo.reset()
     assert out is net and not info["compiled"]
