@@ -75,17 +75,15 @@ def test_a_compile_that_fails_falls_back_to_eager(monkeypatch, tmp_path):
 
 
 @needs_cxx
-def test_a_compiled_run_saves_plain_weights(prepared, tmp_path):
+def test_a_compiled_run_saves_plain_weights_and_resumes_compiled(prepared, tmp_path):
     from busseg.checkpoint import build_from_config
     from busseg.config import resolve_config
     from busseg.train import train
 
     out = tmp_path / "run"
-    cfg = resolve_config(None, [
-        f"data={prepared}", f"out={out}", "size=32", "epochs=1", "batch_size=4",
-        "model.width=2", "model.depth=1", "model.stem_stride=1", "progress=false", "amp=fp32",
-        "compile=true"])
-    train(cfg)
+    base = [f"data={prepared}", f"out={out}", "size=32", "batch_size=4", "model.width=2",
+            "model.depth=1", "model.stem_stride=1", "progress=false", "amp=fp32"]
+    train(resolve_config(None, base + ["epochs=1", "compile=true"]))
     record = json.loads((out / "precision.json").read_text())
     assert record["precision"] == "fp32"
     assert record["compile"] == {"setting": True, "compiled": True, "reason": "forced"}
@@ -93,6 +91,12 @@ def test_a_compiled_run_saves_plain_weights(prepared, tmp_path):
     assert not any("_orig_mod" in k for k in ckpt["model_state"])
     model = build_from_config(ckpt["config"]["model"])
     model.load_state_dict(ckpt["model_state"])  # strict: the plain module's keys
+    # a resumed 'auto' run keeps the recorded choice (too short to probe, yet compiled)
+    summary = train(resolve_config(None, base + ["epochs=2", "compile=auto"]), resume=True)
+    record = json.loads((out / "precision.json").read_text())["compile"]
+    assert record == {"setting": "auto", "compiled": True,
+                      "reason": "resumed run: the recorded choice"}
+    assert summary["epochs_run"] == 2
 
 
 def test_a_short_run_records_why_it_stayed_eager(tiny_run):

@@ -293,9 +293,8 @@ class Trainer:
                                                 self.cfg.size)
         if broadcast_flag(dtype is not None, self.info, self.device) != (dtype is not None):
             dtype = None if dtype is not None else torch.bfloat16
-        if self.info.main:
+        if self.info.main:  # precision.json is written once the compile choice is made too
             log.info("precision: %s (%s)", precision["precision"], precision["reason"])
-            (self.out / "precision.json").write_text(json.dumps(precision, indent=1))
         return dtype, precision
 
     def _choose_compile(self, resume: bool) -> tuple[nn.Module, dict]:
@@ -315,7 +314,7 @@ class Trainer:
             net, info = choose_compile(not info["compiled"], self.net, x, self.dtype, 0)
             info["reason"] = "rank 0's choice"
         if resume and cfg.compile == "auto":
-            info = {**info, "setting": "auto", "reason": "resumed run: " + info["reason"]}
+            info = {**info, "setting": "auto", "reason": "resumed run: the recorded choice"}
         if info["compiled"]:
             self.graph_pending = False  # a compiled step is not captured as a CUDA graph
         if self.info.main:
