@@ -72,3 +72,22 @@ def test_unknown_model_and_bad_shape():
         create_model("resnet")
     with pytest.raises(ValueError):
         create_model("unet", depth=0)
+    with pytest.raises(ValueError, match="norm='layer'"):
+        create_model("unet", norm="layer")
+
+
+def test_instance_norm_scores_each_image_alone():
+    """With `norm='instance'` no BatchNorm is left and an image's output in training mode does
+    not depend on the other images of its batch (it does with BatchNorm)."""
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 64, 64)
+    for norm, independent in (("instance", True), ("batch", False)):
+        model = create_model("unet", width=4, depth=3, norm=norm).train()
+        has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+        assert has_bn is not independent
+        with torch.no_grad():
+            alone, batched = model(x[:1]), model(x)[:1]
+        assert torch.allclose(alone, batched, atol=1e-5) is independent
+    assert ModelConfig(norm="instance").norm == "instance"
+    with pytest.raises(ValueError):
+        ModelConfig(norm="layer")

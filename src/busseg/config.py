@@ -27,6 +27,7 @@ class ModelConfig(_Strict):
     stem_stride: Literal[1, 2] = 2
     deep_supervision: bool = False
     presence_head: bool = False
+    norm: Literal["batch", "instance"] = "batch"
 
 
 class AugmentConfig(_Strict):

@@ -1,5 +1,7 @@
 """A small, readable U-Net: two 3x3 conv + BatchNorm + ReLU per block, 2x2 max-pool, channels
 doubling, a bottleneck, transposed-conv up-sampling with skip connections, a 1x1 conv to one logit.
+`norm="instance"` replaces BatchNorm by per-image, per-channel normalisation (GroupNorm with one
+group per channel), which uses no statistics of the training scans at inference.
 
 `stem_stride=2` runs the first stage at half resolution (a strided 3x3 conv stem, and a final
 transposed conv back to full size), which makes a 256x256 image cost about what a 128x128 one
@@ -23,28 +25,40 @@ class Standardize(nn.Module):
         return (x - mean) / torch.sqrt(var + 1e-6)
 
 
-def conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+NORMS = ("batch", "instance")
+
+
+def norm_layer(kind: str, channels: int) -> nn.Module:
+    """BatchNorm (`batch`) or per-image, per-channel normalisation with affine (`instance`)."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "instance":
+        return nn.GroupNorm(channels, channels)
+    raise ValueError(f"unknown norm {kind!r}; known: {', '.join(NORMS)}")
+
+
+def conv_bn_relu(cin: int, cout: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        norm_layer(norm, cout),
         nn.ReLU(inplace=True),
     )
 
 
 class DoubleConv(nn.Sequential):
-    """Two 3x3 conv + BatchNorm + ReLU."""
+    """Two 3x3 conv + norm + ReLU."""
 
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(conv_bn_relu(cin, cout), conv_bn_relu(cout, cout))
+    def __init__(self, cin: int, cout: int, norm: str = "batch") -> None:
+        super().__init__(conv_bn_relu(cin, cout, norm=norm), conv_bn_relu(cout, cout, norm=norm))
 
 
 class Up(nn.Module):
     """Transposed-conv up-sampling, concatenation with the skip, then a DoubleConv."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, norm: str = "batch") -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(cin, cout, 2, stride=2)
-        self.conv = DoubleConv(2 * cout, cout)
+        self.conv = DoubleConv(2 * cout, cout, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([self.up(x), skip], dim=1))
@@ -62,6 +76,7 @@ class UNet(nn.Module):
             during training (ignored in eval mode).
         presence_head: also return one image-level "holds a lesion" logit per image, from the
             average- and max-pooled bottleneck features; the output is then `(seg, presence)`.
+        norm: `batch` (BatchNorm) or `instance` (per-image, per-channel normalisation).
     """
 
     def __init__(
@@ -72,23 +87,26 @@ class UNet(nn.Module):
         stem_stride: int = 2,
         deep_supervision: bool = False,
         presence_head: bool = False,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
-        if depth < 1 or width < 1 or stem_stride not in (1, 2):
-            raise ValueError(f"bad UNet shape: width={width}, depth={depth}, stem={stem_stride}")
+        if depth < 1 or width < 1 or stem_stride not in (1, 2) or norm not in NORMS:
+            raise ValueError(f"bad UNet shape: width={width}, depth={depth}, stem={stem_stride}, "
+                             f"norm={norm!r}")
         self.depth, self.stem_stride, self.deep_supervision = depth, stem_stride, deep_supervision
         self.norm = Standardize()
         chans = [width * 2**k for k in range(depth + 1)]
         if stem_stride == 2:
-            self.inc = nn.Sequential(conv_bn_relu(in_channels, chans[0], 2),
-                                     conv_bn_relu(chans[0], chans[0]))
+            self.inc = nn.Sequential(conv_bn_relu(in_channels, chans[0], 2, norm),
+                                     conv_bn_relu(chans[0], chans[0], norm=norm))
         else:
-            self.inc = DoubleConv(in_channels, chans[0])
-        self.downs = nn.ModuleList(DoubleConv(chans[k], chans[k + 1]) for k in range(depth))
-        self.ups = nn.ModuleList(Up(chans[k + 1], chans[k]) for k in reversed(range(depth)))
+            self.inc = DoubleConv(in_channels, chans[0], norm)
+        self.downs = nn.ModuleList(DoubleConv(chans[k], chans[k + 1], norm) for k in range(depth))
+        self.ups = nn.ModuleList(Up(chans[k + 1], chans[k], norm) for k in reversed(range(depth)))
         if stem_stride == 2:
             self.head_up = nn.ConvTranspose2d(chans[0], chans[0], 2, stride=2)
-            self.head = nn.Sequential(conv_bn_relu(chans[0], chans[0]), nn.Conv2d(chans[0], 1, 1))
+            self.head = nn.Sequential(conv_bn_relu(chans[0], chans[0], norm=norm),
+                                      nn.Conv2d(chans[0], 1, 1))
         else:
             self.head_up = nn.Identity()
             self.head = nn.Conv2d(chans[0], 1, 1)
