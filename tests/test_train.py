@@ -1,11 +1,12 @@
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 
 from busseg.config import AugmentConfig, resolve_config
-from busseg.data.augment import augment_batch
+from busseg.data.augment import affine_grid, augment_batch, binomial_blur
 from busseg.train import train
-from busseg.trainer import sample_weights
+from busseg.trainer import make_optimizer, sample_weights
 
 
 def test_training_writes_weights_logs_and_config(tiny_run):
@@ -42,6 +43,22 @@ def test_same_seed_same_result(tiny_run, prepared, tmp_path):
     train(cfg)
     np.testing.assert_allclose(np.load(tmp_path / "train_loss.npy"),
                                np.load(tiny_run / "train_loss.npy"), rtol=1e-4)
+
+
+def test_fast_grid_blur_and_optimizer_match_the_reference_ops():
+    """The augmentation's sampling grid and blur equal torch's affine_grid and a 3x3 binomial
+    convolution with replicated edges; the optimiser uses the fused kernel on a CPU."""
+    gen = torch.Generator().manual_seed(1)
+    theta = torch.randn(5, 2, 3, generator=gen)
+    ref = F.affine_grid(theta, [5, 1, 48, 30], align_corners=False)
+    torch.testing.assert_close(affine_grid(theta, 48, 30), ref, atol=1e-5, rtol=0)
+    x = torch.rand(3, 1, 40, 33, generator=gen)
+    k = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (k[:, None] * k[None, :] / 16.0).view(1, 1, 3, 3)
+    ref = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), kernel)
+    torch.testing.assert_close(binomial_blur(x), ref, atol=1e-6, rtol=0)
+    cfg = resolve_config(None, [])
+    assert make_optimizer(cfg, torch.nn.Linear(2, 1)).defaults["fused"] is True
 
 
 def test_augmentation_keeps_image_and_mask_aligned():
