@@ -167,3 +167,22 @@ def test_evaluate_with_onnx_backend_matches_torch(presence_model, prepared, tmp_
     o = evaluate(None, prepared / "test", tmp_path / "o", progress=False, backend="onnx",
                  onnx_path=path)
     assert abs(t["dice"] - o["dice"]) < 0.01 and o["backend"] == "onnx"
+
+
+def test_instance_norm_model_exports_and_matches_torch(prepared, tmp_path):
+    """A model trained with `model.norm=instance` loads from its checkpoint and exports to an
+    ONNX graph that gives torch's probabilities at sizes the network must pad."""
+    from busseg.config import resolve_config
+    from busseg.train import train
+
+    train(resolve_config(None, [
+        f"data={prepared}", f"out={tmp_path / 'run'}", "size=64", "epochs=1", "batch_size=4",
+        "model.width=4", "model.depth=2", "model.norm=instance", "progress=false", "amp=fp32"]))
+    loaded = load_model(tmp_path / "run" / "unet_final.pt")
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in loaded.net.modules())
+    sess = ort.InferenceSession(str(export_onnx(loaded, tmp_path / "inst.onnx")))
+    x = torch.rand(2, 1, 50, 77)
+    with torch.no_grad():
+        ref = torch.sigmoid(loaded.net(x)).numpy()
+    got = sess.run(None, {"image": x.numpy()})[0]
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4

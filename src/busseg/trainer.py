@@ -89,7 +89,9 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     Multi-tensor ops: a few kernels per step rather than one per tensor."""
     params = [p.detach() for p in model.parameters()]
     torch._foreach_lerp_(list(ema.parameters()), params, 1.0 - decay)
-    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
+    buffers = list(ema.buffers())
+    if buffers:  # none without BatchNorm (`model.norm: instance`)
+        torch._foreach_copy_(buffers, list(model.buffers()))
 
 
 def training_loss(outputs, y: torch.Tensor, presence_weight: float, loss: str = "bce_dice"):
