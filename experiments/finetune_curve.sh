@@ -6,7 +6,9 @@
 # test half, fine-tunes on 25, 50, 100 and all training scans, trains from scratch on the same
 # scans, and scores every model on the test half (plain output: threshold 0.5, no TTA).
 # These models are demonstrations only: the shipped model never trains on BUS-BRA.
+# SCRATCH=0 skips the from-scratch trainings (their column does not depend on the shipped model).
 set -euo pipefail
+SCRATCH=${SCRATCH:-1}
 BUSBRA=${1:?usage: finetune_curve.sh PATH/TO/busbra_val [OUT]}
 OUT=${2:-runs/finetune}
 DATA=$OUT/data
@@ -19,6 +21,7 @@ for N in 25 50 100 0; do
     --no-progress
   busseg evaluate --checkpoint "$OUT/ft_$N/unet_final.pt" --data "$DATA/test" \
     --out "$OUT/eval_ft_$N" --plain
+  [ "$SCRATCH" = 0 ] && continue
   busseg train --config configs/busi_presence.yaml --data "$DATA" --out "$OUT/scratch_$N" --limit $N \
     --no-progress
   busseg evaluate --checkpoint "$OUT/scratch_$N/unet_final.pt" --data "$DATA/test" \
@@ -29,6 +32,8 @@ import json, sys
 from pathlib import Path
 out = Path(sys.argv[1])
 def row(name):
+    if not (out / name / "metrics.json").is_file():
+        return "-"
     m = json.loads((out / name / "metrics.json").read_text())
     lo, hi = m["dice_ci95"]
     return f"{m['dice']:.3f} ({lo:.3f}-{hi:.3f})"

@@ -42,6 +42,12 @@ def test_shipped_configs_parse_and_busi_yaml_spells_out_the_defaults():
     # fine-tuning starts from the shipped weights, so it builds the shipped shape
     assert resolve_config(configs / "finetune.yaml").model == resolve_config(None).model
     assert resolve_config(configs / "seed.yaml").optimizer == "adam"
+    # the earlier shipped recipe differs from the defaults in its schedule and norm only
+    earlier = resolve_config(configs / "busi_earlier.yaml")
+    defaults = resolve_config(None).model_dump()
+    changed = {k for k, v in earlier.model_dump().items() if v != defaults[k]}
+    assert changed == {"epochs", "schedule_epochs", "select", "patience", "min_epochs", "model"}
+    assert earlier.model.norm == "batch" and earlier.model.width == 8
 
 
 @pytest.mark.parametrize("override, key", [

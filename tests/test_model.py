@@ -91,3 +91,25 @@ def test_instance_norm_scores_each_image_alone():
     assert ModelConfig(norm="instance").norm == "instance"
     with pytest.raises(ValueError):
         ModelConfig(norm="layer")
+
+
+def test_checkpoint_saved_before_norm_existed_loads_as_batchnorm(tmp_path):
+    """The default is `instance`, but a checkpoint whose model config has no `norm` key holds
+    BatchNorm weights and loads as such; an instance config over them is a clear error."""
+    from busseg.checkpoint import load_model, save_checkpoint
+
+    assert ModelConfig().norm == "instance"
+    net = create_model("unet", width=4, depth=3, norm="batch")
+    old = {"name": "unet", "width": 4, "depth": 3, "stem_stride": 2,
+           "deep_supervision": False, "presence_head": False}
+    save_checkpoint(tmp_path / "old.pt", {"model_state": net.state_dict(),
+                                           "config": {"model": old, "size": 64}})
+    loaded = load_model(tmp_path / "old.pt")
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.net.modules())
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded.net(x), net.eval()(x), atol=1e-6)
+    save_checkpoint(tmp_path / "bad.pt", {"model_state": net.state_dict(), "config": {
+        "model": {**old, "norm": "instance"}, "size": 64}})
+    with pytest.raises(ValueError, match="bad.pt: weights do not fit"):
+        load_model(tmp_path / "bad.pt")

@@ -279,8 +279,8 @@ def test_train_on_val_adds_the_val_scans_and_needs_select_last(prepared, tmp_pat
     base = [f"data={prepared}", f"out={tmp_path}", "size=64", "epochs=1", "batch_size=4",
             "model.width=4", "model.depth=2", "progress=false", "amp=fp32", "train_on_val=true"]
     with pytest.raises(ValueError, match="train_on_val needs select: last"):
-        resolve_config(None, base)
-    train(resolve_config(None, base + ["select=last"]))
+        resolve_config(None, base + ["select=best"])
+    train(resolve_config(None, base))  # the default selection: the final weights
     used = json.loads((tmp_path / "split_used.json").read_text())
     val = sorted(p.stem for p in (prepared / "val" / "images").iterdir())
     train_only = sorted(p.stem for p in (prepared / "train" / "images").iterdir())

@@ -69,6 +69,7 @@ def settings_for(checkpoint: Path, meta: dict) -> PostprocessSettings:
 def build_from_config(model_cfg: dict) -> nn.Module:
     """Create the network a saved model config describes."""
     cfg = dict(model_cfg)
+    cfg.setdefault("norm", "batch")  # saved before `model.norm` existed: BatchNorm weights
     return create_model(cfg.pop("name", "unet"), **cfg)
 
 

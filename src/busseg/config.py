@@ -27,7 +27,7 @@ class ModelConfig(_Strict):
     stem_stride: Literal[1, 2] = 2
     deep_supervision: bool = False
     presence_head: bool = False
-    norm: Literal["batch", "instance"] = "batch"
+    norm: Literal["batch", "instance"] = "instance"
 
 
 class AugmentConfig(_Strict):
@@ -57,20 +57,20 @@ class TrainConfig(_Strict):
     data: str = "data"
     out: str = "results"
     size: int = Field(256, ge=16)
-    epochs: int = Field(130, ge=1)
+    epochs: int = Field(50, ge=1)
     batch_size: int = Field(8, ge=1)
     optimizer: Literal["adam", "adamw"] = "adamw"
     lr: float = Field(1e-3, ge=0.0, le=1.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     schedule: Literal["constant", "cosine"] = "cosine"
-    schedule_epochs: int | None = Field(None, ge=1)  # the cosine's length (None: epochs)
+    schedule_epochs: int | None = Field(130, ge=1)  # the cosine's length (None: epochs)
     warmup_epochs: int = Field(3, ge=0)
     progressive_epochs: int = Field(0, ge=0)  # train this many first epochs at half the size
     ema: float = Field(0.995, ge=0.0, lt=1.0)  # 0: no EMA weights
-    select: Literal["best", "last"] = "best"
+    select: Literal["best", "last"] = "last"
     train_on_val: bool = False  # also train on the val split (then it only logs: select last)
-    patience: int = Field(40, ge=1)
-    min_epochs: int = Field(60, ge=0)
+    patience: int = Field(20, ge=1)
+    min_epochs: int = Field(0, ge=0)
     presence_weight: float = Field(0.5, ge=0.0)
     init: str | None = None  # start from weights: 'default' (the shipped model) or a path
     limit: int = Field(0, ge=0)  # train on this many training scans only (0: all)

@@ -1,7 +1,9 @@
 """A small, readable U-Net: two 3x3 conv + BatchNorm + ReLU per block, 2x2 max-pool, channels
 doubling, a bottleneck, transposed-conv up-sampling with skip connections, a 1x1 conv to one logit.
 `norm="instance"` replaces BatchNorm by per-image, per-channel normalisation (GroupNorm with one
-group per channel), which uses no statistics of the training scans at inference.
+group per channel), which uses no statistics of the training scans at inference: the config's
+default (`model.norm`) and the shipped model's. The constructor keeps BatchNorm as its default,
+which is what checkpoints saved without a `norm` key hold.
 
 `stem_stride=2` runs the first stage at half resolution (a strided 3x3 conv stem, and a final
 transposed conv back to full size), which makes a 256x256 image cost about what a 128x128 one
