@@ -166,3 +166,23 @@ def test_plain_output_ignores_the_model_settings(tiny_run, inputs, tmp_path):
     mask = np.array(Image.open(tmp_path / "plain" / "odd_mask.png")) > 0
     assert mask.shape == prob.shape == (123, 157)
     assert mask.sum() == pytest.approx((prob >= 0.5).sum(), abs=0.01 * mask.size)
+
+
+def test_lesion_stats_on_a_hand_made_mask():
+    """Area, box (x0, y0, x1, y1 exclusive), component count and mean probability inside."""
+    from busseg.predict import lesion_stats
+
+    mask = np.zeros((20, 30), bool)
+    mask[2:5, 3:9] = True  # 18 pixels
+    mask[15, 27] = True  # a second, one-pixel lesion
+    prob = np.zeros((20, 30), np.float32)
+    prob[mask] = 0.75
+    prob[15, 27] = 0.5
+    s = lesion_stats(mask, prob, (0.1, 0.2))
+    assert s["lesion_area_px"] == 19 and s["n_lesions"] == 2
+    assert s["bbox_xyxy"] == [3, 2, 28, 16]
+    assert s["mean_prob"] == pytest.approx((18 * 0.75 + 0.5) / 19)
+    assert s["lesion_fraction"] == pytest.approx(19 / 600)
+    assert s["lesion_area_mm2"] == pytest.approx(19 * 0.02)
+    empty = lesion_stats(np.zeros((4, 4), bool), np.zeros((4, 4), np.float32), None)
+    assert empty["bbox_xyxy"] is None and empty["mean_prob"] is None and empty["n_lesions"] == 0

@@ -119,12 +119,12 @@ LESION_FIELDS = ("height", "width", "lesion_area_px", "lesion_fraction", "bbox_x
 
 def lesion_stats(mask: np.ndarray, prob: np.ndarray, spacing: tuple[float, float] | None) -> dict:
     """Area, fraction, bounding box, number of connected lesions, mean probability inside."""
-    area = int(mask.sum())
+    area = int(np.count_nonzero(mask))
     n_lesions = count_components(mask)
-    if area:
-        ys, xs = np.nonzero(mask)
-        bbox = [int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1]
-        mean_prob = float(prob[mask].mean())
+    if area:  # no per-pixel index or value copies: a lesion mask of a large scan is large
+        ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+        bbox = [int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1]
+        mean_prob = float(np.sum(prob, where=mask, dtype=np.float64) / area)
     else:
         bbox, mean_prob = None, None
     return {
