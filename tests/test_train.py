@@ -147,7 +147,8 @@ def _all_lesion(model, sign: float):
 def test_lr_schedule_warms_up_then_decays_to_one_percent():
     from busseg.trainer import lr_lambda
 
-    cfg = resolve_config(None, ["epochs=10", "warmup_epochs=2", "schedule=cosine"])
+    cfg = resolve_config(None, ["epochs=10", "warmup_epochs=2", "schedule=cosine",
+                                "schedule_epochs=null"])  # the cosine spans the run
     f = lr_lambda(cfg, steps_per_epoch=5)
     assert [round(f(s), 3) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # linear warm-up
     assert f(10) == 1.0 and abs(f(30) - (0.01 + 0.99 * 0.5)) < 1e-9  # cosine mid-point
