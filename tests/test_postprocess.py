@@ -104,3 +104,42 @@ def test_presence_rule_reads_the_peak_probability_without_a_head():
     assert mask.sum() == 100 and mask[20:30, 20:30].all()
     assert decide(weak, None, PostprocessSettings()).sum() == 0  # plain: empty
     assert lesion_score(weak, 0.1) == 0.1 and decide(weak, 0.1, s).sum() == 0  # a head decides
+
+
+def _decide_by_component(prob: np.ndarray, score: float | None,
+                         s: PostprocessSettings) -> np.ndarray:
+    """The rule written out one component at a time (the reference for `decide`)."""
+    from scipy import ndimage
+
+    if s.presence_threshold is not None and lesion_score(prob, score) < s.presence_threshold:
+        return np.zeros(prob.shape, bool)
+    labels, n = ndimage.label(prob >= s.threshold)
+    parts = [labels == k for k in range(1, n + 1)]
+    if not parts:
+        return decide(prob, score, s)  # the empty-mask fallback is covered by its own tests
+    strength = [float(prob[m].sum()) for m in parts]
+    keep = [int(m.sum()) >= s.min_area_frac * prob.size for m in parts]
+    if s.keep_largest and any(keep):
+        best = max((v, k) for k, v in enumerate(strength) if keep[k])[1]
+        keep = [k == best for k in range(n)]
+    if s.presence_threshold is not None:
+        keep[int(np.argmax(strength))] = True
+    return np.logical_or.reduce([m for m, k in zip(parts, keep) if k] or [labels < 0])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_decide_matches_the_rule_written_per_component(seed):
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    prob = ndimage.gaussian_filter(rng.random((120, 90)), 3)
+    prob = (prob - prob.min()) / (prob.max() - prob.min())  # blobs of many sizes and strengths
+    for s in (PostprocessSettings(min_area_frac=0.004),
+              PostprocessSettings(threshold=0.6, keep_largest=True),
+              PostprocessSettings(threshold=0.7, min_area_frac=0.5, presence_threshold=0.2),
+              PostprocessSettings(threshold=0.55, min_area_frac=0.01, keep_largest=True,
+                                  presence_threshold=0.9)):
+        got = decide(prob, None, s)
+        assert got.dtype == bool and got.shape == prob.shape
+        np.testing.assert_array_equal(got, _decide_by_component(prob, None, s))
+        assert 0 < ndimage.label(prob >= s.threshold)[1]  # the maps do hold components

@@ -141,12 +141,12 @@ def decide(prob: np.ndarray, score: float | None, settings: PostprocessSettings)
     if settings.min_area_frac <= 0 and not settings.keep_largest:
         return mask
     labels, n = ndimage.label(mask)
-    index = np.arange(1, n + 1)
-    areas = ndimage.sum_labels(mask, labels, index)
-    strength = ndimage.sum_labels(prob, labels, index)
+    inside = labels[mask]  # one pass over the lesion pixels, no per-component masks
+    areas = np.bincount(inside, minlength=n + 1)[1:]
+    strength = np.bincount(inside, weights=prob[mask].astype(np.float64), minlength=n + 1)[1:]
     keep = areas >= settings.min_area_frac * mask.size
     if settings.keep_largest and keep.any():
         keep = np.arange(n) == int(np.argmax(np.where(keep, strength, -1.0)))
     if lesion:
         keep[int(np.argmax(strength))] = True
-    return np.isin(labels, index[keep])
+    return np.concatenate(([False], keep))[labels]  # label -> kept, as a lookup table
