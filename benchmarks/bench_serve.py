@@ -28,7 +28,7 @@ from PIL import Image
 
 from busseg.predict import sample_files
 from busseg.safety import OutputExistsError, claim
-from busseg.serve.app import ServeConfig, create_app
+from busseg.serve.app import ServeConfig, create_app, use_slot_threads
 from busseg.serve.background import running
 
 
@@ -159,6 +159,8 @@ def main() -> None:
     ap.add_argument("--large-format", choices=("png", "jpeg"), default="png")
     ap.add_argument("--concurrency", type=int, default=2, help="server's inference slots")
     ap.add_argument("--queue", type=int, default=16, help="server's waiting requests")
+    ap.add_argument("--threads", type=int, default=0, help="threads per inference (default: "
+                    "the usable cores divided among the slots, as busseg serve)")
     ap.add_argument("--checkpoint")
     ap.add_argument("--onnx", help="serve this exported file with ONNX Runtime "
                     "(busseg export [--int8])")
@@ -174,7 +176,8 @@ def main() -> None:
     large = large_picture(args.large_format) if args.large_clients else None
     rows = []
     cfg = ServeConfig(args.checkpoint, concurrency=args.concurrency, queue=args.queue,
-                      onnx=args.onnx)
+                      onnx=args.onnx, threads=args.threads)
+    use_slot_threads(cfg)
     with running(create_app(cfg)) as url:
         httpx.post(url + "/v1/segment", files={"file": ("s.png", data)}, timeout=120)  # warm-up
         for n in args.clients:

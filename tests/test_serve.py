@@ -242,15 +242,38 @@ def test_serves_an_exported_onnx_model_like_the_torch_one(tiny_run, server, tmp_
 
     torch_prob = image(server, "prob").astype(int)
     assert torch_prob.std() > 1  # a map with structure, so the comparison means something
-    with running(create_app(ServeConfig(onnx=str(onnx)))) as url:
+    with running(create_app(ServeConfig(onnx=str(onnx), threads=1))) as url:
         health = httpx.get(url + "/healthz").json()
-        assert (health["backend"], health["model"]) == ("onnx", "tiny")
+        assert (health["backend"], health["model"], health["threads"]) == ("onnx", "tiny", 1)
         onnx_prob = image(url, "prob").astype(int)
         assert onnx_prob.shape == (120, 150)
         assert np.abs(onnx_prob - torch_prob).max() <= 2
         assert post(url, _png(img)).json()["model"] == "tiny"
     with pytest.raises(ValueError, match="not both"):
         create_app(ServeConfig(str(tiny_run / "unet_final.pt"), onnx=str(onnx)))
+
+
+def test_inference_threads_share_the_cores_among_the_slots(server):
+    import os
+
+    import torch
+
+    from busseg.serve.app import slot_threads, use_slot_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert slot_threads(ServeConfig()) == max(1, cores // 2)  # two slots by default
+    assert slot_threads(ServeConfig(concurrency=1)) == cores
+    assert slot_threads(ServeConfig(concurrency=cores + 1)) == 1
+    assert slot_threads(ServeConfig(threads=3, concurrency=4)) == 3
+    assert httpx.get(server + "/healthz").json()["threads"] == max(1, cores // 2)
+    for bad in (ServeConfig(threads=-1), ServeConfig(concurrency=0)):
+        with pytest.raises(ValueError, match="threads must be"):
+            slot_threads(bad)
+    before = torch.get_num_threads()
+    try:
+        assert use_slot_threads(ServeConfig(threads=1)) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_plain_output_on_request(tiny_run, tmp_path):

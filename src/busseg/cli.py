@@ -153,7 +153,7 @@ def _serve(a: argparse.Namespace) -> int:
 
     serve(a.host, a.port, ServeConfig(a.checkpoint, int(a.max_upload_mb * 2**20), a.max_pixels,
                                       a.concurrency, a.queue, a.timeout, a.docs,
-                                      a.read_timeout, a.onnx),
+                                      a.read_timeout, a.onnx, a.threads),
           max_connections=a.max_connections)
     return 0
 
@@ -373,6 +373,9 @@ def _add_serve(sub) -> None:
     s.add_argument("--max-pixels", type=int, default=40_000_000,
                    help="largest decoded image accepted (pixels)")
     s.add_argument("--concurrency", type=int, default=2, help="inferences at once")
+    s.add_argument("--threads", type=int, default=0,
+                   help="threads per inference (default 0: the usable cores divided among the "
+                        "--concurrency slots)")
     s.add_argument("--queue", type=int, default=16,
                    help="requests allowed to wait; more get 503 with Retry-After")
     s.add_argument("--timeout", type=float, default=30.0, help="seconds per request (then 503)")

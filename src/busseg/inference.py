@@ -91,11 +91,11 @@ Checkpoints = Path | str | None | Sequence[Path | str]
 
 def make_forward(checkpoint: Checkpoints, backend: str = "torch",
                  onnx_path: Path | str | None = None, device: str = "cpu",
-                 export_dir: Path | None = None):
+                 export_dir: Path | None = None, threads: int = 0):
     """(forward, input size, settings) for a backend. An ONNX file carries its own settings
     (None for a file without them: the caller decides); `--backend onnx` without a file exports
     the checkpoint to `export_dir`/model.onnx first. Several checkpoints make an ensemble
-    (torch backend only)."""
+    (torch backend only). `threads` > 0 sets ONNX Runtime's threads per run."""
     if backend not in ("torch", "onnx"):
         raise ValueError(f"unknown backend {backend!r} (torch, onnx)")
     if isinstance(checkpoint, (list, tuple)):
@@ -110,8 +110,8 @@ def make_forward(checkpoint: Checkpoints, backend: str = "torch",
 
         meta = read_onnx_metadata(onnx_path)
         if meta is None:
-            return onnx_forward(onnx_path), 256, None
-        return (onnx_forward(onnx_path), int(meta["size"]),
+            return onnx_forward(onnx_path, threads), 256, None
+        return (onnx_forward(onnx_path, threads), int(meta["size"]),
                 PostprocessSettings.from_dict(meta["postprocess"]))
     loaded = load_model(checkpoint, "cuda" if device == "cuda" else "cpu")
     if backend == "torch":
@@ -122,7 +122,7 @@ def make_forward(checkpoint: Checkpoints, backend: str = "torch",
         raise ValueError("--backend onnx needs --onnx FILE")
     export_dir.mkdir(parents=True, exist_ok=True)
     path = export_onnx(loaded, export_dir / "model.onnx")
-    return onnx_forward(path), loaded.size, loaded.settings
+    return onnx_forward(path, threads), loaded.size, loaded.settings
 
 
 def predict_maps(

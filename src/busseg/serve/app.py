@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -60,6 +61,7 @@ class ServeConfig:
     docs: bool = False
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     onnx: str | None = None  # an exported model run with ONNX Runtime instead of PyTorch
+    threads: int = 0  # threads per inference; 0: the usable cores shared among the slots
 
 
 class Output(str, Enum):
@@ -177,12 +179,36 @@ class ServedModel:
     name: str
 
 
+def slot_threads(cfg: ServeConfig) -> int:
+    """Threads each inference runs on: `cfg.threads`, or the usable cores divided among the
+    `cfg.concurrency` slots (at least one), so that concurrent inferences do not oversubscribe
+    the CPU."""
+    if cfg.threads < 0 or cfg.concurrency < 1:
+        raise ValueError(f"threads must be >= 0 and concurrency >= 1 (got {cfg.threads}, "
+                         f"{cfg.concurrency})")
+    if cfg.threads:
+        return cfg.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // cfg.concurrency)
+
+
+def use_slot_threads(cfg: ServeConfig) -> int:
+    """Set PyTorch's (process-wide) thread count to `slot_threads(cfg)`; for the process that
+    serves (ONNX Runtime sessions get theirs in `load_served`)."""
+    import torch
+
+    n = slot_threads(cfg)
+    torch.set_num_threads(n)
+    return n
+
+
 def load_served(cfg: ServeConfig) -> ServedModel:
     """The configured model: an exported ONNX file (`cfg.onnx`) or PyTorch weights."""
     if cfg.onnx and cfg.checkpoint:
         raise ValueError("give a checkpoint or an ONNX file to serve, not both")
     if cfg.onnx:
-        forward, size, settings = make_forward(None, "onnx", cfg.onnx)
+        forward, size, settings = make_forward(None, "onnx", cfg.onnx,
+                                               threads=slot_threads(cfg))
         if settings is None:
             raise ValueError(f"{cfg.onnx}: the file carries no busseg settings; export it "
                              "with busseg export")
@@ -253,7 +279,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "model": model.name, "version": __version__,
-                "backend": "onnx" if cfg.onnx else "torch",
+                "backend": "onnx" if cfg.onnx else "torch", "threads": slot_threads(cfg),
                 "threshold": model.settings.threshold, "postprocess": model.settings.to_dict()}
 
     @app.post("/v1/segment", response_model=SegmentResult, responses={
@@ -332,5 +358,6 @@ def serve(host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None 
     """Run the app with uvicorn until interrupted."""
     import uvicorn
 
+    use_slot_threads(config or ServeConfig())
     uvicorn.Server(uvicorn_config(create_app(config), host, port, log_level="info",
                                   limit_concurrency=max_connections)).run()
