@@ -1,4 +1,5 @@
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -179,8 +180,14 @@ def test_instance_norm_model_exports_and_matches_torch(prepared, tmp_path):
         f"data={prepared}", f"out={tmp_path / 'run'}", "size=64", "epochs=1", "batch_size=4",
         "model.width=4", "model.depth=2", "model.norm=instance", "progress=false", "amp=fp32"]))
     loaded = load_model(tmp_path / "run" / "unet_final.pt")
-    assert any(isinstance(m, torch.nn.GroupNorm) for m in loaded.net.modules())
-    sess = ort.InferenceSession(str(export_onnx(loaded, tmp_path / "inst.onnx")))
+    norms = sum(isinstance(m, torch.nn.GroupNorm) for m in loaded.net.modules())
+    assert norms > 0
+    path = export_onnx(loaded, tmp_path / "inst.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    # one InstanceNormalization per norm layer, without a reshape, multiply and add around it
+    assert ops.count("InstanceNormalization") == norms and ops.count("Mul") < norms
+    assert sum(isinstance(m, torch.nn.GroupNorm) for m in loaded.net.modules()) == norms
+    sess = ort.InferenceSession(str(path))
     x = torch.rand(2, 1, 50, 77)
     with torch.no_grad():
         ref = torch.sigmoid(loaded.net(x)).numpy()

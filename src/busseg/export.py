@@ -29,6 +29,24 @@ class ProbabilityModel(nn.Module):
         return torch.sigmoid(seg), torch.sigmoid(presence)
 
 
+def onnx_ready(net: nn.Module) -> nn.Module:
+    """A copy of `net` for export: per-channel GroupNorm (`model.norm=instance`) becomes the
+    equivalent affine InstanceNorm2d, one ONNX InstanceNormalization node instead of a reshape,
+    a normalisation, a reshape back, a multiply and an add (same outputs; faster in ONNX
+    Runtime). Other modules are kept."""
+    import copy
+
+    net = copy.deepcopy(net)
+    for parent in list(net.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.GroupNorm) and child.num_groups == child.num_channels \
+                    and child.affine:
+                inst = nn.InstanceNorm2d(child.num_channels, eps=child.eps, affine=True)
+                inst.load_state_dict(child.state_dict())
+                setattr(parent, name, inst)
+    return net
+
+
 def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: int = 18,
                 overwrite: bool = False, int8_calibration: Path | str | None = None) -> Path:
     """Export to ONNX; batch, height and width are dynamic (sizes padded inside the graph).
@@ -45,7 +63,8 @@ def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: 
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = export_onnx(loaded, Path(tmp) / "fp32.onnx", opset)
             return quantize_int8(fp32, out, batches)
-    net = ProbabilityModel(loaded.net).eval().to("cpu", memory_format=torch.contiguous_format)
+    net = ProbabilityModel(onnx_ready(loaded.net)).eval().to(
+        "cpu", memory_format=torch.contiguous_format)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     x = torch.rand(2, 1, loaded.size, loaded.size)
