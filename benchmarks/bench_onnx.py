@@ -14,18 +14,12 @@ import argparse
 import time
 
 import numpy as np
+import torch
+
+from busseg.inference import onnx_forward
 
 
-def session(path: str, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads > 0:
-        opts.intra_op_num_threads = threads
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
-def time_rounds(runs: list, x: np.ndarray, rounds: int, calls: int) -> np.ndarray:
+def time_rounds(runs: list, x, rounds: int, calls: int) -> np.ndarray:
     """(rounds, files) milliseconds per call; files alternate inside every round."""
     out = np.zeros((rounds, len(runs)))
     for r in range(rounds):
@@ -47,10 +41,9 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=40, help="timed calls per file and round")
     ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0: default)")
     args = ap.parse_args()
-    sessions = [session(f, args.threads) for f in args.files]
-    runs = [lambda x, s=s: s.run(None, {s.get_inputs()[0].name: x})[0] for s in sessions]
-    x = np.random.default_rng(0).random((1, 1, 256, 256), dtype=np.float32)
-    outputs = [run(x) for run in runs]
+    runs = [onnx_forward(f, args.threads) for f in args.files]  # what busseg itself runs
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 1, 256, 256), dtype=np.float32))
+    outputs = [run(x)[0].numpy() for run in runs]
     ms = time_rounds(runs, x, args.rounds, args.calls)
     med = np.median(ms, axis=0)
     print(f"{'file':40s} {'median ms':>9s} {'best ms':>8s} {'vs first':>8s} "

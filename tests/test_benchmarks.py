@@ -24,18 +24,18 @@ def test_bench_trainer_runs_the_recipe_trainer_on_synthetic_scans():
 
 
 def test_bench_onnx_times_every_file_in_every_round(tiny_run, tmp_path):
-    from bench_onnx import session, time_rounds
+    from bench_onnx import time_rounds
 
     from busseg.export import export_onnx
+    from busseg.inference import onnx_forward
 
-    path = str(export_onnx(tiny_run / "unet_final.pt", tmp_path / "tiny.onnx"))
-    sess = session(path, threads=1)
+    forward = onnx_forward(export_onnx(tiny_run / "unet_final.pt", tmp_path / "tiny.onnx"), 1)
     calls = []
 
     def run(x):
         calls.append(x.shape)
-        return sess.run(None, {"image": x})[0]
+        return forward(x)
 
-    ms = time_rounds([run, run], np.zeros((1, 1, 64, 64), np.float32), rounds=2, calls=3)
+    ms = time_rounds([run, run], torch.zeros(1, 1, 64, 64), rounds=2, calls=3)
     assert ms.shape == (2, 2) and (ms > 0).all()
     assert len(calls) == 2 * 2 * (5 + 3)  # warm-up and timed calls of each file in each round

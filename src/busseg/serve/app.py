@@ -257,6 +257,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     """Build the app; the model is loaded once, here."""
     cfg = config or ServeConfig()
     model = load_served(cfg)
+    threads = slot_threads(cfg)
     run_model = Segmenter(model, cfg.max_pixels)
     gate = asyncio.Semaphore(cfg.concurrency)
     large_gate = asyncio.Semaphore(max(1, cfg.concurrency - 1))
@@ -279,7 +280,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     @app.get("/healthz")
     def healthz() -> dict:
         return {"status": "ok", "model": model.name, "version": __version__,
-                "backend": "onnx" if cfg.onnx else "torch", "threads": slot_threads(cfg),
+                "backend": "onnx" if cfg.onnx else "torch", "threads": threads,
                 "threshold": model.settings.threshold, "postprocess": model.settings.to_dict()}
 
     @app.post("/v1/segment", response_model=SegmentResult, responses={
