@@ -73,6 +73,8 @@ class TrainConfig(_Strict):
     min_epochs: int = Field(0, ge=0)
     presence_weight: float = Field(0.5, ge=0.0)
     init: str | None = None  # start from weights: 'default' (the shipped model) or a path
+    teachers: list[str] = Field(default_factory=list)  # checkpoints to distil from (busseg.distill)
+    distill_weight: float = Field(0.5, ge=0.0, le=1.0)  # the teachers' share of the target
     limit: int = Field(0, ge=0)  # train on this many training scans only (0: all)
     seed: int = 0
     threads: int = Field(0, ge=0)  # 0: PyTorch's choice
@@ -94,6 +96,13 @@ class TrainConfig(_Strict):
         if self.train_on_val and self.select == "best":
             raise ValueError("train_on_val needs select: last (val cannot choose the epoch of a "
                              "model trained on it)")
+        return self
+
+    @model_validator(mode="after")
+    def _teachers_with_a_plain_model(self) -> TrainConfig:
+        if self.teachers and self.model.presence_head:
+            raise ValueError("teachers give soft lesion maps, which cannot train a presence "
+                             "head: set model.presence_head: false")
         return self
 
 

@@ -16,6 +16,7 @@ import yaml
 
 from busseg.config import TrainConfig, config_to_dict
 from busseg.data.dataset import TensorSplit, list_pairs, load_pairs, load_split
+from busseg.distill import distill_targets
 from busseg.distributed import DistInfo, cleanup
 from busseg.distributed import setup as dist_setup
 from busseg.metrics import LOG_KEYS
@@ -110,6 +111,8 @@ def _load_data(cfg: TrainConfig, info: DistInfo, device: torch.device,
         train_set, val_set = splits
     if cfg.limit > 0:
         train_set = limit_split(train_set, cfg.limit, cfg.seed)
+    if cfg.teachers:
+        train_set = distill_targets(train_set, cfg.teachers, cfg.distill_weight, cfg.size)
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         log.info("loaded %d train / %d val images in %.1fs on %s (world %d)", len(train_set),

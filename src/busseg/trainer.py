@@ -112,14 +112,15 @@ def train_size(cfg: TrainConfig, epoch: int) -> int:
     return cfg.size // 2 if epoch < cfg.progressive_epochs else cfg.size
 
 
-def resize_batch(x: torch.Tensor, y: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def resize_batch(x: torch.Tensor, y: torch.Tensor, size: int,
+                 soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """An augmented batch at side `size`: images area-averaged, masks area-averaged and
-    thresholded at 0.5 (still binary)."""
+    thresholded at 0.5 (still binary; `soft` targets are not thresholded)."""
     if x.shape[-1] == size and x.shape[-2] == size:
         return x, y
     x = F.interpolate(x, size=(size, size), mode="area")
-    y = (F.interpolate(y, size=(size, size), mode="area") >= 0.5).to(y.dtype)
-    return x, y
+    y = F.interpolate(y, size=(size, size), mode="area")
+    return x, (y if soft else (y >= 0.5).to(x.dtype))
 
 
 def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -372,8 +373,9 @@ class Trainer:
             start = step * self.global_batch + info.rank * cfg.batch_size
             idx = order[start:start + cfg.batch_size]
             x, y = ts.batch(idx.to(ts.images.device), self.device)
-            x, y = augment_batch(x, y, self.malignant[idx], cfg.augment, self.aug_gen)
-            x, y = resize_batch(x, y, side)
+            x, y = augment_batch(x, y, self.malignant[idx], cfg.augment, self.aug_gen,
+                                 soft=ts.targets is not None)
+            x, y = resize_batch(x, y, side, soft=ts.targets is not None)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             if self.graph_pending and side == cfg.size:  # a graph is captured at one shape

@@ -1,12 +1,12 @@
 """Batched augmentation on tensors, applied identically to images and masks.
 
 One random affine (flip, rotation, scale, translation) per sample is turned into a sampling grid
-shared by the image (bilinear) and the mask (bilinear, then thresholded at 0.5), so the two stay
-aligned. Intensity changes (brightness, contrast, gamma, speckle-like multiplicative noise, blur,
-and, where switched on, a depth gain ramp, blotchy low-frequency gain noise and a coarser
-resolution, which imitate other scanners) touch the image only. Malignant samples get
-`strength_malignant` times stronger geometry and intensity changes and are augmented with
-probability `p_malignant`.
+shared by the image (bilinear) and the mask (bilinear, then thresholded at 0.5; soft targets
+are left unthresholded), so the two stay aligned. Intensity changes (brightness, contrast,
+gamma, speckle-like multiplicative noise, blur, and, where switched on, a depth gain ramp,
+blotchy low-frequency gain noise and a coarser resolution, which imitate other scanners) touch
+the image only. Malignant samples get `strength_malignant` times stronger geometry and
+intensity changes and are augmented with probability `p_malignant`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,10 @@ def augment_batch(
     malignant: torch.Tensor,
     cfg: AugmentConfig,
     gen: torch.Generator,
+    soft: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment float images `x` in [0, 1] and masks `y` (N x 1 x H x W) with one generator."""
+    """Augment float images `x` in [0, 1] and masks `y` (N x 1 x H x W) with one generator;
+    `soft`: `y` holds soft targets in [0, 1], resampled without thresholding."""
     n, device = x.shape[0], x.device
     mal = malignant.to(device=device, dtype=torch.bool)
     strength = torch.where(mal, cfg.strength_malignant, 1.0).to(device)
@@ -50,8 +52,9 @@ def augment_batch(
     ], dim=1)
     grid = affine_grid(theta, x.shape[-2], x.shape[-1])
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    y = (F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-         >= 0.5).to(y.dtype)
+    y = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if not soft:
+        y = (y >= 0.5).to(x.dtype)
 
     view = (n, 1, 1, 1)
     gamma = torch.exp(_uniform(n, s * cfg.gamma, gen, device)).view(view)
