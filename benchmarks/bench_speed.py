@@ -32,7 +32,7 @@ from busseg.config import config_to_dict, resolve_config
 from busseg.data.dataset import TensorSplit
 from busseg.distributed import DistInfo
 from busseg.models import count_parameters
-from busseg.precision import choose_precision
+from busseg.precision import choose_precision, native_bf16
 from busseg.safety import OutputExistsError, claim
 from busseg.trainer import Trainer
 
@@ -228,7 +228,9 @@ def main() -> None:
     res: dict = {"host": torch.cuda.get_device_name() if cuda else host_facts(),
                  "torch": torch.__version__, "auto_precision": why}
     roofs = {"fp32": matmul_roof(device, sync, torch.float32)}
-    bf16 = chosen is not None or cuda  # on CUDA both are shown, whichever the probe chose
+    # both precisions wherever bf16 is native (on CUDA too), whichever the probe chose, so a
+    # host where the probe keeps fp32 shows the bf16 figures it was weighed against
+    bf16 = chosen is not None or cuda or native_bf16()
     if bf16:
         roofs["bf16"] = matmul_roof(device, sync, torch.bfloat16)
     res["roofs"] = roofs

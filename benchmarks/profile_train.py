@@ -5,8 +5,8 @@
 Profiles `--steps` training steps of `busseg train`'s trainer (sampling, augmentation,
 forward, backward, AdamW, EMA), exactly as `bench_speed.py` times them, with torch.profiler,
 and prints the share of the step's CPU time spent in convolutions (forward and backward),
-batch norm, element-wise work and everything else. Only convolution time runs near the matmul
-roof; the rest is memory-bound, which bounds the fraction of the roof a whole step can reach.
+batch or group norm, element-wise work and everything else. Only convolution time runs near the
+matmul roof; the rest is memory-bound, which bounds the fraction of the roof a whole step can reach.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 KINDS = (  # first match wins; names are ATen / oneDNN operator names
     ("convolution", ("conv",)),  # aten and oneDNN convolutions, forward and backward
     ("batch norm", ("batch_norm",)),
+    ("group / instance norm", ("group_norm",)),
     ("augmentation", ("grid_sampler", "affine_grid", "normal", "uniform", "rand")),
     ("optimizer and EMA", ("_foreach", "adam", "lerp")),
     ("pool / upsample copy", ("max_pool", "cat", "copy_", "contiguous", "to_copy", "clone")),
