@@ -260,6 +260,14 @@ def row_label(row: dict) -> str:
             f"{' compiled' if row.get('compiled') else ''}")
 
 
+# (result key, printed header, format) of the table's columns
+COLUMNS = [("params", "params", "{:,.0f}"), ("gflop_fwd", "GFLOP fwd", "{:.2f}"),
+           ("train_img_s", "train img/s", "{:.1f}"), ("train_gflops", "train GFLOP/s", "{:.0f}"),
+           ("train_roof_fraction", "of roof", "{:.0%}"), ("infer_ms_b1", "infer b1 ms", "{:.1f}"),
+           ("infer_img_s_b16", "infer b16 img/s", "{:.1f}"),
+           ("infer_roof_fraction", "of roof", "{:.0%}"), ("peak_mem_mb", "peak MB", "{:.0f}")]
+
+
 def print_table(r: dict) -> None:
     host = r["host"]
     if isinstance(host, dict):
@@ -272,13 +280,11 @@ def print_table(r: dict) -> None:
         for p, v in r["roofs"].items()))
     print(f"auto precision: {r['auto_precision']['precision']} "
           f"({r['auto_precision']['reason']})")
-    cols = [("params", "{:,.0f}"), ("gflop_fwd", "{:.2f}"), ("train_img_s", "{:.1f}"),
-            ("train_gflops", "{:.0f}"), ("train_roof_fraction", "{:.0%}"),
-            ("infer_ms_b1", "{:.1f}"), ("infer_img_s_b16", "{:.1f}"),
-            ("infer_roof_fraction", "{:.0%}"), ("peak_mem_mb", "{:.0f}")]
-    print(f"{'model':<22}" + "".join(f"{c:>20}" for c, _ in cols))
+    widths = [max(len(label), 10) + 2 for _, label, _ in COLUMNS]
+    print(f"{'model':<22}" + "".join(f"{c[1]:>{w}}" for c, w in zip(COLUMNS, widths)))
     for row in r["rows"]:
-        print(f"{row_label(row):<22}" + "".join(f"{fmt.format(row[c]):>20}" for c, fmt in cols))
+        print(f"{row_label(row):<22}" + "".join(
+            f"{fmt.format(row[key]):>{w}}" for (key, _, fmt), w in zip(COLUMNS, widths)))
     base = r["rows"][0]
     for row in r["rows"][1:]:
         print(f"{row_label(row)} / default fp32: train "

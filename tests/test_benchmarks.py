@@ -39,3 +39,18 @@ def test_bench_onnx_times_every_file_in_every_round(tiny_run, tmp_path):
     ms = time_rounds([run, run], torch.zeros(1, 1, 64, 64), rounds=2, calls=3)
     assert ms.shape == (2, 2) and (ms > 0).all()
     assert len(calls) == 2 * 2 * (5 + 3)  # warm-up and timed calls of each file in each round
+
+
+def test_bench_speed_table_prints_readable_headers_and_ratios(capsys):
+    import json
+
+    from bench_speed import print_table
+
+    result = json.loads((Path(__file__).parents[1] / "docs" / "bench_cpu_zen.json").read_text())
+    print_table(result)
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("model "))
+    assert "train img/s" in header and "infer b1 ms" in header and "train_img_s" not in header
+    fp32 = next(line for line in lines if line.startswith("default fp32 "))
+    assert f"{result['rows'][0]['train_img_s']:.1f}" in fp32.split()
+    assert any(line.startswith("default bf16 / default fp32: train 0.87x") for line in lines)
