@@ -83,9 +83,15 @@ def test_predict_never_writes_into_inputs_and_skips_masks(tiny_run, tmp_path, ca
     assert [r["name"] for r in doc["images"]] == ["a"]
     reasons = " ".join(doc["skipped"])
     assert "a_mask.png: named like a mask" in reasons and "notes.txt" in reasons
-    # a second run into the same folder is refused, then replaces only what the first wrote
+    # the same command again resumes (nothing to redo); other settings are refused; then
+    # --overwrite replaces only what the first run wrote
     (out / "mine.txt").write_text("user file")
-    assert main(["predict", str(scans), "--out", str(out), "--checkpoint", ckpt]) == 1
+    before = (out / "a_mask.png").stat().st_mtime_ns
+    assert main(["predict", str(scans), "--out", str(out), "--checkpoint", ckpt]) == 0
+    assert (out / "a_mask.png").stat().st_mtime_ns == before
+    assert main(["predict", str(scans), "--out", str(out), "--checkpoint", ckpt,
+                 "--threshold", "0.3"]) == 1
+    assert "another model or other settings" in capsys.readouterr().err
     assert main(["predict", str(scans), "--out", str(out), "--checkpoint", ckpt,
                  "--overwrite", "--include-masks"]) == 0
     assert (out / "mine.txt").read_text() == "user file"

@@ -114,6 +114,15 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
         raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def check_finite(state: dict, path: Path | str) -> None:
+    """Refuse weights holding NaN or infinity (a run that diverged), naming the first tensor."""
+    for key, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and \
+                not torch.isfinite(value).all():
+            raise ValueError(f"{path}: weight {key} holds NaN or infinite values (did the "
+                             "training run diverge?); refusing to segment with it")
+
+
 def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> LoadedModel:
     """Load a `.pt` checkpoint or `.safetensors` weights (None: the shipped default model)."""
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_WEIGHTS
@@ -125,6 +134,7 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
     else:
         ckpt = _read_pt(path)
         state, meta = ckpt["model_state"], checkpoint_meta(ckpt)
+    check_finite(state, path)
     net = build_from_config(meta.get("model", {}))
     try:
         net.load_state_dict(state)

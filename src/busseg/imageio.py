@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 REDUCE_TO = 1024  # large JPEGs for segmentation are decoded with their shorter side near this
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm",
+                  ".dicom"}  # what every reader, folder walk and upload takes as an image
+DEFAULT_MAX_PIXELS = 40_000_000  # decoded pixels per file (all frames), CLI and service alike
 
 
 log = logging.getLogger("busseg.imageio")
@@ -71,39 +73,67 @@ def read_pil(path: Path | str, data: bytes | None = None,
     `data` reads these bytes instead of the file (`path` then only names it in errors);
     `max_pixels` refuses larger images before decoding them.
     """
-    return _decode_pil(Path(path), data, max_pixels, None)[0]
+    return _decode_pil(Path(path), data, max_pixels, None)[0][0]
 
 
 def read_pil_scan(path: Path | str, data: bytes | None = None, max_pixels: int | None = None,
                   reduce_to: int | None = REDUCE_TO) -> Scan:
-    """Read a raster image as a Scan for segmentation. A JPEG whose shorter side is at least
-    twice `reduce_to` is decoded at a reduced scale (libjpeg draft mode, 1/2 to 1/8, shorter side
-    kept >= `reduce_to`), so memory follows the model input rather than the file's pixel count;
-    `Scan.original_shape` then keeps the file's own size for the outputs."""
-    arr, shape = _decode_pil(Path(path), data, max_pixels, reduce_to)
-    return Scan(arr, Path(path), original_shape=shape if shape != arr.shape[:2] else None)
+    """Read a raster image as a Scan for segmentation (its first frame). A JPEG whose shorter
+    side is at least twice `reduce_to` is decoded at a reduced scale (libjpeg draft mode, 1/2
+    to 1/8, shorter side kept >= `reduce_to`), so memory follows the model input rather than
+    the file's pixel count; `Scan.original_shape` then keeps the file's own size."""
+    return read_pil_scans(path, "first", data, max_pixels, reduce_to)[0]
+
+
+def read_pil_scans(path: Path | str, frames: str = "all", data: bytes | None = None,
+                   max_pixels: int | None = None, reduce_to: int | None = REDUCE_TO) -> list[Scan]:
+    """A raster image's chosen frames as Scans (multi-page TIFF, animated GIF / PNG / WebP
+    follow `frames` as a multi-frame DICOM does), each turned as its EXIF orientation says."""
+    path = Path(path)
+    decoded = _decode_pil(path, data, max_pixels, reduce_to, frames)
+    multi = len(decoded) > 1 or decoded[0][2] is not None
+    return [Scan(arr, path, frame if multi else None,
+                 original_shape=shape if shape != arr.shape[:2] else None)
+            for arr, shape, frame in decoded]
+
+
+def _pil_array(im: Image.Image, orientation: int) -> np.ndarray:
+    """One loaded frame as gray (2-D) or RGB/RGBA (3-D), dtype kept, turned as the EXIF
+    `orientation` says (a copy only when it is not 1)."""
+    if orientation not in (0, 1):
+        im = ImageOps.exif_transpose(im)
+    if im.mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif im.mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
+        im = im.convert("L") if im.mode == "LA" else im
+    else:
+        im = im.convert("RGB")
+    return np.array(im)
 
 
 def _decode_pil(path: Path, data: bytes | None, max_pixels: int | None,
-                reduce_to: int | None) -> tuple[np.ndarray, tuple[int, int]]:
-    """(pixels, the file's own (height, width))."""
+                reduce_to: int | None, frames: str = "first"):
+    """[(pixels, the frame's own (height, width) as displayed, frame index or None)]."""
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as im:
-            shape = (im.height, im.width)
-            if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageTooLarge(
-                    path, f"image has {im.width}x{im.height} pixels, over the {max_pixels} limit")
+            n = int(getattr(im, "n_frames", 1) or 1)
+            chosen = [0] if frames == "first" else _choose_frames(path, n, frames)
+            if im.width * im.height * len(chosen) > limit:
+                raise ImageTooLarge(path, f"image has {len(chosen)} frame(s) of "
+                                          f"{im.width}x{im.height} pixels, over the {limit} "
+                                          "limit (--max-pixels to raise it)")
+            orientation = int(im.getexif().get(0x0112, 1) or 1)  # EXIF Orientation
+            turned = orientation in (5, 6, 7, 8)
+            shape = (im.width, im.height) if turned else (im.height, im.width)
             if reduce_to and im.format == "JPEG" and min(shape) >= 2 * reduce_to:
                 k = min(shape) / reduce_to
                 im.draft(im.mode, (math.ceil(im.width / k), math.ceil(im.height / k)))
-            im.load()
-            if im.mode == "P":
-                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-            elif im.mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
-                im = im.convert("L") if im.mode == "LA" else im
-            else:
-                im = im.convert("RGB")
-            arr = np.array(im)
+            out = []
+            for i in chosen:
+                im.seek(i)
+                im.load()
+                out.append((_pil_array(im, orientation), shape, i if n > 1 else None))
     except ImageReadError:
         raise
     except FileNotFoundError:
@@ -112,11 +142,13 @@ def _decode_pil(path: Path, data: bytes | None, max_pixels: int | None,
         raise ImageTooLarge(path, f"image too large ({exc})") from None
     except UnidentifiedImageError:
         raise ImageReadError(path, "not a readable image (unknown or corrupt format)") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(path, f"corrupt or truncated image ({exc})") from None
-    if arr.size == 0:
+    except MemoryError:
+        raise ImageTooLarge(path, "not enough memory to decode this image") from None
+    except Exception as exc:  # Pillow's plug-ins raise many types for broken files
+        raise ImageReadError(path, f"corrupt or truncated image ({_reason(exc)})") from None
+    if any(arr.size == 0 for arr, _, _ in out):
         raise ImageReadError(path, "image has no pixels")
-    return arr, shape
+    return out
 
 
 def read_mask(path: Path | str) -> np.ndarray:
@@ -139,45 +171,112 @@ def prob_image(prob: np.ndarray) -> Image.Image:
 
 def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
                max_pixels: int | None = None) -> list[Scan]:
-    """Read a DICOM file into one Scan per chosen frame (`all`, `first`, `middle` or an index)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-    from pydicom.pixels import apply_modality_lut, convert_color_space
+    """Read a DICOM file into one Scan per chosen frame (`all`, `first`, `middle` or an index).
 
+    Every step from bytes to pixels (parsing, decoding, the check that each compressed frame
+    is whole, the modality LUT or rescale, the palette, the colour space) runs inside one
+    guard: any failure is an ImageReadError naming the file and the reason."""
     path = Path(path)
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its reasons reach our error line
     limit = max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS
     try:
-        raw = data if data is not None else path.read_bytes()
-        check_deflated_size(path, raw, limit)
-        with warnings.catch_warnings(record=True) as caught:  # kept per file, never printed
-            warnings.simplefilter("always")
-            ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=False)
-            rows, cols = int(getattr(ds, "Rows", 0)), int(getattr(ds, "Columns", 0))
-            n = int(getattr(ds, "NumberOfFrames", 1) or 1)
-            if rows * cols * n > limit:
-                raise ImageTooLarge(path, f"DICOM has {n} frame(s) of {cols}x{rows} pixels, "
-                                           f"over the {limit} limit")
-            arr = ds.pixel_array
-        for w in caught:
-            log.debug("%s: %s", path, w.message)
+        ds, arr, n_frames = _decode_dicom(path, data, limit)
+        arr = _dicom_display_pixels(path, ds, arr)
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+        chosen = _choose_frames(path, n_frames, frames)
+        spacing = _pixel_spacing(ds)
     except ImageReadError:
         raise
+    except MemoryError:
+        raise ImageTooLarge(path, "not enough memory to decode this DICOM") from None
+    except Exception as exc:  # pydicom raises many types for broken data sets and pixel data
+        raise ImageReadError(path, f"cannot decode DICOM pixel data ({_reason(exc)})") from None
+    multi = n_frames > 1
+    return [Scan(arr[i], path, i if multi else None, spacing, {"photometric": photometric})
+            for i in chosen]
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as one short line (its type when it says nothing)."""
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
+
+
+# what `read_dicom` turns into pixels; the others (HSV, ARGB, CMYK: retired) are refused by name
+PHOTOMETRIC = {"MONOCHROME1", "MONOCHROME2", "RGB", "PALETTE COLOR", "YBR_FULL",
+               "YBR_FULL_422", "YBR_PARTIAL_420", "YBR_PARTIAL_422", "YBR_ICT", "YBR_RCT"}
+
+
+def _decode_dicom(path: Path, data: bytes | None, limit: int):
+    """(data set, frames x rows x cols [x samples] array, number of frames), undecoded
+    checks first: file kind, size limit, photometric interpretation, whole compressed frames."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        raw = data if data is not None else path.read_bytes()
     except OSError as exc:
         raise ImageReadError(path, f"cannot read file ({exc.strerror or exc})") from None
-    except InvalidDicomError as exc:
-        raise ImageReadError(path, f"not a valid DICOM file ({exc})") from None
-    except (AttributeError, KeyError):
-        raise ImageReadError(path, "DICOM file holds no pixel data") from None
-    except Exception as exc:  # pydicom raises many types for broken pixel data
-        raise ImageReadError(path, f"cannot decode DICOM pixel data ({exc})") from None
-    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2"))
-    samples = int(getattr(ds, "SamplesPerPixel", 1))
-    n_frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
-    if n_frames == 1:
-        arr = arr[None]
-    if samples == 1:
+    check_deflated_size(path, raw, limit)
+    with warnings.catch_warnings(record=True) as caught:  # kept per file, never printed
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(raw), stop_before_pixels=False)
+        except InvalidDicomError as exc:
+            raise ImageReadError(path, f"not a valid DICOM file ({_reason(exc)})") from None
+        if "PixelData" not in ds:
+            raise ImageReadError(path, "DICOM file holds no pixel data")
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        n = int(ds.get("NumberOfFrames", 1) or 1)
+        if rows * cols * n > limit:
+            raise ImageTooLarge(path, f"DICOM has {n} frame(s) of {cols}x{rows} pixels, "
+                                       f"over the {limit} limit (--max-pixels to raise it)")
+        photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+        if photometric not in PHOTOMETRIC:
+            raise ImageReadError(path, f"photometric interpretation {photometric} is not "
+                                       "supported (supported: " + ", ".join(sorted(PHOTOMETRIC))
+                                 + ")")
+        _check_whole_frames(path, ds, n)
+        arr = ds.pixel_array
+    for w in caught:
+        log.debug("%s: %s", path, w.message)
+    return ds, (arr[None] if n == 1 else arr), n
+
+
+# compressed transfer syntaxes whose every frame ends with an end-of-image marker (FFD9)
+MARKER_ENDED = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+                "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+                "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+
+
+def _check_whole_frames(path: Path, ds, n_frames: int) -> None:
+    """Refuse a JPEG / JPEG-LS / JPEG 2000 frame cut short (no end-of-image marker): decoders
+    return such a frame padded, as if whole."""
+    from pydicom.encaps import generate_frames
+
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if syntax not in MARKER_ENDED:
+        return
+    for i, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
+        if not bytes(frame).rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise ImageReadError(path, f"compressed frame {i} is truncated (its data stops "
+                                       "before the end-of-image marker)")
+
+
+def _dicom_display_pixels(path: Path, ds, arr: np.ndarray) -> np.ndarray:
+    """Stored values -> what a viewer shows: the modality LUT or rescale for gray (inverted for
+    MONOCHROME1), the palette for PALETTE COLOR, YBR converted to RGB."""
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space
+
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if photometric == "PALETTE COLOR":
+        arr = apply_color_lut(arr, ds)
+    elif samples == 1:
         arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+        if not np.isfinite(arr).all():
+            raise ImageReadError(path, "pixel values are not finite after the modality LUT "
+                                       "(check RescaleSlope / RescaleIntercept)")
         if photometric == "MONOCHROME1":
             arr = arr.max() - arr
     elif photometric.startswith("YBR") and photometric not in ("YBR_RCT", "YBR_ICT"):
@@ -185,13 +284,9 @@ def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
             arr = convert_color_space(arr, photometric, "RGB")
         except (NotImplementedError, ValueError) as exc:
             raise ImageReadError(path, f"colour space {photometric}: {exc}") from None
-    spacing = _pixel_spacing(ds)
-    chosen = _choose_frames(path, n_frames, frames)
-    multi = n_frames > 1
-    return [
-        Scan(arr[i], path, i if multi else None, spacing, {"photometric": photometric})
-        for i in chosen
-    ]
+    if arr.ndim not in (3, 4) or arr.size == 0:
+        raise ImageReadError(path, f"DICOM pixel data has an unexpected shape {arr.shape}")
+    return arr
 
 
 def _pixel_spacing(ds) -> tuple[float, float] | None:
@@ -215,7 +310,7 @@ def _pixel_spacing(ds) -> tuple[float, float] | None:
 
 
 DEFLATED = "1.2.840.10008.1.2.1.99"
-DEFAULT_MAX_PIXELS = 200_000_000
+
 
 
 def check_deflated_size(path: Path, raw: bytes, max_pixels: int) -> None:
@@ -292,17 +387,31 @@ def read_upload(data: bytes, name: str, frames: str = "first",
     """Decode uploaded bytes by their content (never the file name)."""
     kind = sniff(data)
     if kind is None:
-        raise ImageReadError(name, "not an image: content is not PNG, JPEG, BMP, TIFF or DICOM")
+        raise ImageReadError(name, "not an image: content is not PNG, JPEG, BMP, TIFF, GIF, "
+                                   "WebP or DICOM")
     if kind == "dicom":
         return read_dicom(name, frames, data=data, max_pixels=max_pixels)
-    return [read_pil_scan(name, data=data, max_pixels=max_pixels)]
+    return read_pil_scans(name, frames, data=data, max_pixels=max_pixels)
 
 
-def read_scans(path: Path | str, frames: str = "all") -> list[Scan]:
-    """Read any supported file into a list of Scans (several for multi-frame DICOM)."""
+def image_kind(path: Path) -> str | None:
+    """The one rule for which files are scans: 'dicom' (magic or suffix), 'raster' (a known
+    image suffix) or None; folders and files given by name follow it alike."""
+    if is_dicom(path):
+        return "dicom"
+    return "raster" if path.suffix.lower() in IMAGE_SUFFIXES else None
+
+
+def read_scans(path: Path | str, frames: str = "all",
+               max_pixels: int | None = None) -> list[Scan]:
+    """Read any supported file into a list of Scans (several for a multi-frame file)."""
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(path, "file not found" if not path.exists() else "not a file")
-    if is_dicom(path):
-        return read_dicom(path, frames)
-    return [read_pil_scan(path)]
+    kind = image_kind(path)
+    if kind is None:
+        raise ImageReadError(path, f"not a supported image type ({path.suffix or 'no suffix'}; "
+                                   "supported: " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    if kind == "dicom":
+        return read_dicom(path, frames, max_pixels=max_pixels)
+    return read_pil_scans(path, frames, max_pixels=max_pixels)

@@ -12,7 +12,7 @@ import torch
 from busseg.checkpoint import LoadedModel, load_model
 from busseg.models.unet import split_output
 from busseg.postprocess import decide, lesion_score
-from busseg.preprocess import prepare_input, resize_prob, to_gray01
+from busseg.preprocess import NO_CONTRAST, no_contrast, prepare_input, resize_prob, to_gray01
 
 # N x 1 x S x S images in [0, 1] -> (probabilities N x 1 x S x S, lesion scores N or None)
 Forward = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]]
@@ -25,6 +25,7 @@ class Prediction:
 
     prob: np.ndarray
     score: float
+    warning: str | None = None  # why the map was not used (an image with no contrast)
 
 
 def torch_forward(loaded: LoadedModel, device: str = "cpu") -> Forward:
@@ -47,6 +48,7 @@ def onnx_forward(onnx_path: Path | str, threads: int = 0) -> Forward:
     """A forward function running an exported model with ONNX Runtime (CPU)."""
     import onnxruntime as ort
 
+    check_onnx_finite(onnx_path)
     opts = ort.SessionOptions()
     if threads > 0:
         opts.intra_op_num_threads = threads
@@ -59,6 +61,26 @@ def onnx_forward(onnx_path: Path | str, threads: int = 0) -> Forward:
         return torch.from_numpy(outs[0]), score
 
     return run
+
+
+def check_onnx_finite(onnx_path: Path | str) -> None:
+    """Refuse an ONNX file whose float weights hold NaN or infinity; an unreadable one is a
+    ValueError naming it."""
+    import onnx
+    from onnx import numpy_helper
+
+    try:
+        model = onnx.load(str(onnx_path))
+    except Exception as exc:  # noqa: BLE001 - protobuf raises several types
+        raise ValueError(f"{onnx_path}: not a readable ONNX file ({exc})") from None
+    tensors = list(model.graph.initializer) + [
+        a.t for node in model.graph.node if node.op_type == "Constant"
+        for a in node.attribute if a.HasField("t")]
+    for tensor in tensors:
+        arr = numpy_helper.to_array(tensor)
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise ValueError(f"{onnx_path}: weight {tensor.name or '(constant)'} holds NaN or "
+                             "infinite values; refusing to segment with it")
 
 
 def average_forward(forwards: Sequence[Forward]) -> Forward:
@@ -147,12 +169,23 @@ def predict_maps(
             score = None if both_score is None else (both_score[:n] + both_score[n:]) / 2
         else:
             prob, score = forward(x)
+        if not torch.isfinite(prob).all() or (score is not None and
+                                               not torch.isfinite(score).all()):
+            raise NonFiniteOutput("the model's output is not finite (NaN or infinite); "
+                                  "is the checkpoint from a run that diverged?")
         for i, (g, p) in enumerate(zip(chunk, prob)):
             shape = g.shape if shapes is None else shapes[start + i]
+            if no_contrast(g):  # nothing to segment: an empty answer, said so
+                out.append(Prediction(np.zeros(shape, np.float32), 0.0, NO_CONTRAST))
+                continue
             full = resize_prob(p[None].float(), shape)[0, 0].numpy()
             out.append(Prediction(full, lesion_score(full, None if score is None
                                                      else float(score[i]))))
     return out
+
+
+class NonFiniteOutput(ValueError):
+    """A model answered NaN or infinity."""
 
 
 def segment(

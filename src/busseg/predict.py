@@ -15,19 +15,29 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from busseg.imageio import (
+    DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
-    ImageReadError,
     Scan,
+    image_kind,
     is_dicom,
     mask_image,
     prob_image,
     read_scans,
 )
 from busseg.inference import make_forward, predict_maps
-from busseg.jsonio import write_csv
-from busseg.postprocess import chosen_settings, decide
+from busseg.jsonio import write_csv, write_json
+from busseg.postprocess import PostprocessSettings, chosen_settings, decide
 from busseg.preprocess import to_gray01
-from busseg.safety import claim, existing, inside
+from busseg.runlog import (
+    JOURNAL,
+    FolderLock,
+    Journal,
+    JournalWriter,
+    own_file,
+    read_journal,
+    remove_own,
+)
+from busseg.safety import OutputExistsError, claim, existing, inside
 
 log = logging.getLogger("busseg.predict")
 SAMPLES_DIR = Path(__file__).parent / "samples"
@@ -54,7 +64,7 @@ def previous_outputs(out: Path) -> list[Path]:
         except (ValueError, KeyError, TypeError, AttributeError):
             names = []
         paths += [out / f"{n}{suffix}" for n in names for suffix in OUTPUT_SUFFIXES]
-    return paths
+    return [p for p in paths if own_file(out, p.name) is not None and p.parent == out]
 
 
 def is_mask_name(path: Path) -> bool:
@@ -66,34 +76,32 @@ def expand_inputs(inputs: list[str], skipped: list[str] | None = None,
                   include_masks: bool = False) -> tuple[list[Path], list[str]]:
     """Files from a mix of files, folders (recursive) and glob patterns; (files, errors).
 
-    In folders, files that are neither images nor DICOM, and (unless `include_masks`) files
-    named like masks, are left out and listed in `skipped` with the reason."""
+    Which files are scans follows one rule (`imageio.image_kind`) everywhere: in folders and
+    glob matches, other files and (unless `include_masks`) files named like masks are left out
+    and listed in `skipped` with the reason; a file given by name that is not a scan is an
+    error. A file reached twice is segmented once."""
     files: list[Path] = []
     errors: list[str] = []
     skipped = [] if skipped is None else skipped
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = []
-            for f in sorted(p.rglob("*")):
-                if not f.is_file() or f.name.startswith("."):
-                    continue
-                if f.suffix.lower() not in IMAGE_SUFFIXES and not is_dicom(f):
-                    skipped.append(f"{f}: not an image or DICOM file")
-                elif is_mask_name(f) and not include_masks:
-                    skipped.append(f"{f}: named like a mask (--include-masks to segment it)")
-                else:
-                    found.append(f)
+            found = _scan_files(sorted(f for f in p.rglob("*") if f.is_file()
+                                       and not f.name.startswith(".")), skipped, include_masks)
             if not found:
                 errors.append(f"{p}: folder holds no image files")
             files.extend(found)
         elif p.is_file():
-            files.append(p)
+            if image_kind(p) is None:
+                errors.append(f"{p}: not a supported image type ({p.suffix or 'no suffix'}); "
+                              "busseg reads " + ", ".join(sorted(IMAGE_SUFFIXES)))
+            else:
+                files.append(p)
         elif any(ch in item for ch in "*?["):
             matched = sorted(Path(m) for m in glob.glob(item, recursive=True) if Path(m).is_file())
             if not matched:
                 errors.append(f"{item}: pattern matches no file")
-            files.extend(matched)
+            files.extend(_scan_files(matched, skipped, include_masks))
         else:
             errors.append(f"{p}: no such file or folder")
     seen, unique = set(), []
@@ -101,7 +109,22 @@ def expand_inputs(inputs: list[str], skipped: list[str] | None = None,
         if f.resolve() not in seen:
             seen.add(f.resolve())
             unique.append(f)
+    # a file segmented because it was named is not also "skipped" because a folder held it
+    skipped[:] = [s for s in dict.fromkeys(skipped) if Path(s.split(": ")[0]).resolve() not in seen]
     return unique, errors
+
+
+def _scan_files(candidates: list[Path], skipped: list[str], include_masks: bool) -> list[Path]:
+    """The scans among files found in a folder or by a pattern; the rest go to `skipped`."""
+    found = []
+    for f in candidates:
+        if image_kind(f) is None:
+            skipped.append(f"{f}: not an image or DICOM file")
+        elif is_mask_name(f) and not include_masks:
+            skipped.append(f"{f}: named like a mask (--include-masks to segment it)")
+        else:
+            found.append(f)
+    return found
 
 
 def count_components(mask: np.ndarray) -> int:
@@ -154,11 +177,15 @@ def overlay_image(gray01: np.ndarray, mask: np.ndarray) -> Image.Image:
     return img
 
 
-def _unique_name(scan: Scan, used: set[str]) -> str:
+def unique_name(scan: Scan, used: set[str], reserved: set[str]) -> str:
+    """The scan's own name, or `<name>_<k>` for the smallest k that is neither used in this
+    run nor any input's own name (so a generated name never pairs with another scan)."""
     name, k = scan.name, 1
     while name in used:
         k += 1
         name = f"{scan.name}_{k}"
+        if name in reserved:
+            name = scan.name  # taken by an input of this run: try the next k
     used.add(name)
     return name
 
@@ -168,8 +195,22 @@ def _model_id(checkpoint, onnx_path) -> tuple[str, str]:
     from busseg.checkpoint import DEFAULT_WEIGHTS
     from busseg.dicomseg import file_sha256
 
+    if isinstance(checkpoint, (list, tuple)):
+        checkpoint = checkpoint[0] if len(checkpoint) == 1 else None
     path = Path(onnx_path or checkpoint or DEFAULT_WEIGHTS)
     return path.stem, file_sha256(path)
+
+
+@dataclass
+class _Run:
+    """What one predict run writes with: its folder, decision settings and output options."""
+
+    out: Path
+    settings: PostprocessSettings
+    opts: dict
+    journal: JournalWriter
+    used: set[str] = field(default_factory=set)
+    reserved: set[str] = field(default_factory=set)
 
 
 def predict(
@@ -190,14 +231,16 @@ def predict(
     include_masks: bool = False,
     dicom_seg: bool = False,
     plain: bool = False,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> PredictReport:
     """Segment every readable input; one bad file is reported and never stops the others.
     `plain` gives the plain output (threshold 0.5, no TTA, no presence rule or filter) instead
     of the model's settings; `threshold` and `tta` override either.
 
-    `out` never lies inside an input folder and an input is never written over; an `out`
-    holding an earlier run's results is refused unless `overwrite` (which removes that run's
-    outputs first)."""
+    `out` never lies inside an input folder and an input is never written over. Each scan's
+    files and row are recorded as it finishes (results.jsonl, results.csv), so running the
+    same command again resumes an interrupted run; `overwrite` first removes exactly what an
+    earlier run wrote there. A second run into the same folder at once is refused."""
     skipped: list[str] = []
     files, errors = expand_inputs(inputs, skipped, include_masks)
     out = Path(out)
@@ -207,71 +250,163 @@ def predict(
                              "choose another --out")
     if any(inside(f, out) for f in files):
         raise ValueError(f"{out}: output folder holds input files; choose another --out")
-    claim(previous_outputs(out), overwrite)
-    forward, size, settings = make_forward(checkpoint, backend, onnx_path, device, out)
-    model_id = _model_id(checkpoint, onnx_path if backend == "onnx" else None) if dicom_seg \
-        else None
-    settings = chosen_settings(settings, plain, threshold, tta, onnx_path)
-    thr, tta = settings.threshold, settings.tta
+    model = {"checkpoint": checkpoint, "backend": backend, "onnx_path": onnx_path,
+             "device": device, "plain": plain, "threshold": threshold, "tta": tta}
+    opts = {"save_prob": save_prob, "overlay": overlay, "dicom_seg": dicom_seg,
+            "frames": frames, "max_pixels": max_pixels, "batch_size": batch_size}
     out.mkdir(parents=True, exist_ok=True)
-    report = PredictReport(errors=list(errors), skipped=skipped)
-    for s in skipped:
+    with FolderLock(out):
+        report = PredictReport(errors=list(errors), skipped=skipped)
+        return _predict_locked(files, out, model, opts, overwrite, report, progress)
+
+
+def _predict_locked(files: list[Path], out: Path, model: dict, opts: dict, overwrite: bool,
+                    report: PredictReport, progress: bool) -> PredictReport:
+    prior = _clear_or_resume(out, overwrite)
+    if model["backend"] == "onnx" and model["onnx_path"] is None and prior is not None \
+            and (out / "model.onnx").is_file():
+        model = {**model, "onnx_path": out / "model.onnx"}  # this run's own earlier export
+    forward, size, settings = make_forward(model["checkpoint"], model["backend"],
+                                           model["onnx_path"], model["device"], out)
+    onnx_used = model["onnx_path"] if model["backend"] == "onnx" else None
+    settings = chosen_settings(settings, model["plain"], model["threshold"], model["tta"],
+                               model["onnx_path"])
+    model_id = _model_id(model["checkpoint"], onnx_used)
+    identity = {"model_sha256": model_id[1], "postprocess": settings.to_dict(),
+                **{k: opts[k] for k in ("save_prob", "overlay", "dicom_seg", "frames")}}
+    done = _resumable(out, prior, identity)
+    run = _Run(out, settings, {**opts, "model_id": model_id},
+               JournalWriter(out, identity, fresh=prior is None),
+               reserved={f.stem for f in files})
+    for s in report.skipped:
         log.info("skipped %s", s)
-    used: set[str] = set()
-    for path in tqdm(files, desc="predict", unit="file", disable=not progress):
-        try:
-            scans = read_scans(path, frames)
-            grays = [to_gray01(s.pixels) for s in scans]
-        except (ImageReadError, ValueError) as exc:
-            msg = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
-            report.errors.append(msg)
-            log.error(msg)
-            continue
-        preds = predict_maps(forward, grays, size, tta, batch_size, [s.shape for s in scans])
-        for scan, gray, pred in zip(scans, grays, preds):
-            opts = {"save_prob": save_prob, "overlay": overlay,
-                    "model_id": model_id if dicom_seg and is_dicom(path) else None}
-            _write_scan(out, path, scan, gray, pred, settings, used, report, opts)
-    _write_results(out, report, thr)
+    try:
+        for path in tqdm(files, desc="predict", unit="file", disable=not progress):
+            if str(path) in done:
+                report.rows.extend(done[str(path)]["rows"])
+                run.used.update(r["name"] for r in done[str(path)]["rows"])
+                continue
+            _segment_file(run, path, forward, size, report)
+    finally:
+        run.journal.close()
+        _write_results(out, report, settings.threshold)
     return report
 
 
-def _write_scan(out: Path, path: Path, scan: Scan, gray: np.ndarray, pred, settings,
-                used: set[str], report: PredictReport, opts: dict) -> None:
-    """One scan's mask (and probability map, overlay, DICOM SEG as asked) and its results row;
-    a name already taken by a file this run did not write is an error line, never replaced."""
-    name = _unique_name(scan, used)
-    clash = existing(out / f"{name}{suffix}" for suffix in OUTPUT_SUFFIXES)
+def _clear_or_resume(out: Path, overwrite: bool) -> Journal | None:
+    """The earlier run's journal to resume from, or None for a fresh start: with `overwrite`
+    the earlier run's files are removed first; results without a journal are refused."""
+    try:
+        prior = read_journal(out)
+    except ValueError:
+        if not overwrite:
+            raise
+        prior = Journal()
+    if overwrite:
+        names = [p.name for p in previous_outputs(out)] + (prior.outputs() if prior else [])
+        remove_own(out, [*names, JOURNAL])
+        return None
+    if prior is None:
+        claim(previous_outputs(out), overwrite=False)  # results of a run without a journal
+    return prior
+
+
+def _resumable(out: Path, prior: Journal | None, identity: dict) -> dict[str, dict]:
+    """The earlier run's finished files whose outputs are all there (the rest are removed and
+    segmented again); an earlier run with other settings is refused."""
+    if prior is None:
+        return {}
+    if prior.settings != identity:
+        raise OutputExistsError(
+            f"{out}: holds results of a run with another model or other settings; pass "
+            "--overwrite to replace them, or choose another --out")
+    remove_own(out, [n for names in prior.started.values() for n in names])
+    done = {}
+    for file, entry in prior.done.items():
+        if all((own_file(out, n) or out / "\0").is_file() for n in entry["outputs"]):
+            done[file] = entry
+        else:
+            remove_own(out, entry["outputs"])
+    return done
+
+
+def _segment_file(run: _Run, path: Path, forward, size: int, report: PredictReport) -> None:
+    """One input file: read, segment, write its scans' files; any failure is this file's."""
+    try:
+        scans = read_scans(path, run.opts["frames"], run.opts["max_pixels"])
+        grays = [to_gray01(s.pixels) for s in scans]
+        preds = predict_maps(forward, grays, size, run.settings.tta, run.opts["batch_size"],
+                             [s.shape for s in scans])
+    except Exception as exc:  # noqa: BLE001 - whatever fails, it is this file's failure
+        msg = str(exc) if str(path) in str(exc) else f"{path}: {exc or type(exc).__name__}"
+        log.debug("%s", msg, exc_info=True)
+        report.errors.append(msg)
+        log.error(msg)
+        run.journal.write({"kind": "error", "file": str(path), "error": msg})
+        return
+    names = [unique_name(scan, run.used, run.reserved) for scan in scans]
+    seg = run.opts["dicom_seg"] and is_dicom(path)
+    planned = [f"{n}{sfx}" for n in names for sfx in _suffixes(run.opts, seg)]
+    clash = [p for p in existing(run.out / n for n in planned)]
     if clash:
         report.errors.append(f"{path}: {clash[0]} already exists and was not written by "
-                             "this run; not replaced (choose another --out)")
+                             "busseg predict into this folder; not replaced (choose another "
+                             "--out)")
         return
-    prob, mask = pred.prob, decide(pred.prob, pred.score, settings)
+    run.journal.write({"kind": "start", "file": str(path), "outputs": planned})
+    rows, written = [], []
+    for scan, gray, pred, name in zip(scans, grays, preds, names):
+        row, files = _write_scan(run, path, scan, gray, pred, name, seg, report)
+        rows.append(row)
+        written += files
+    run.journal.write({"kind": "done", "file": str(path), "rows": rows, "outputs": written})
+    report.rows.extend(rows)
+
+
+def _suffixes(opts: dict, seg: bool) -> list[str]:
+    return ["_mask.png", *(["_prob.png"] if opts["save_prob"] else []),
+            *(["_overlay.png"] if opts["overlay"] else []), *(["_seg.dcm"] if seg else [])]
+
+
+def _write_scan(run: _Run, path: Path, scan: Scan, gray: np.ndarray, pred, name: str,
+                seg: bool, report: PredictReport) -> tuple[dict, list[str]]:
+    """One scan's mask (and probability map, overlay, DICOM SEG as asked): (row, files)."""
+    out, written = run.out, [f"{name}_mask.png"]
+    prob, mask = pred.prob, decide(pred.prob, pred.score, run.settings)
     mask_image(mask).save(out / f"{name}_mask.png")
-    if opts["save_prob"]:
+    if run.opts["save_prob"]:
         prob_image(prob).save(out / f"{name}_prob.png")
-    if opts["overlay"]:
+        written.append(f"{name}_prob.png")
+    if run.opts["overlay"]:
         overlay_image(gray, mask).save(out / f"{name}_overlay.png")
-    if opts["model_id"] is not None:
+        written.append(f"{name}_overlay.png")
+    if seg:
         try:
             from busseg.dicomseg import write_dicom_seg
 
-            write_dicom_seg(path, mask, out / f"{name}_seg.dcm", *opts["model_id"])
-        except (ValueError, ImportError, AttributeError, TypeError) as exc:
+            write_dicom_seg(path, mask, out / f"{name}_seg.dcm", *run.opts["model_id"])
+            written.append(f"{name}_seg.dcm")
+        except Exception as exc:  # noqa: BLE001 - the mask stands; the SEG is this file's error
             report.errors.append(f"{path}: no DICOM SEG written ({exc})")
-    report.rows.append({"name": name, "file": str(path), "frame": scan.frame,
-                        **lesion_stats(mask, prob, scan.pixel_spacing_mm),
-                        "lesion_score": round(pred.score, 4)})
+    if pred.warning:
+        log.warning("%s: %s", path, pred.warning)
+    row = {"name": name, "file": str(path), "frame": scan.frame,
+           **lesion_stats(mask, prob, scan.pixel_spacing_mm),
+           "lesion_score": round(pred.score, 4), "warning": pred.warning or ""}
+    return row, written
 
 
 def _write_results(out: Path, report: PredictReport, threshold: float) -> None:
-    (out / "results.json").write_text(json.dumps(
-        {"threshold": threshold, "images": report.rows, "errors": report.errors,
-         "skipped": report.skipped}, indent=1))
-    fields = ["name", "file", "frame", *LESION_FIELDS, "lesion_score"]
-    write_csv(out / "results.csv", [
+    """results.json and results.csv in full, each replaced atomically."""
+    tmp = out / ".results.json.tmp"
+    write_json(tmp, {"threshold": threshold, "images": report.rows, "errors": report.errors,
+                     "skipped": report.skipped})
+    tmp.replace(out / "results.json")
+    fields = ["name", "file", "frame", *LESION_FIELDS, "lesion_score", "warning"]
+    write_csv(out / ".results.csv.tmp", [
         {**r, "bbox_xyxy": " ".join(map(str, r["bbox_xyxy"])) if r["bbox_xyxy"] else ""}
         for r in report.rows], fields)
+    (out / ".results.csv.tmp").replace(out / "results.csv")
 
 
 def sample_files() -> list[str]:

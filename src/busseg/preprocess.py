@@ -57,6 +57,19 @@ def to_gray01(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(out, dtype=np.float32)
 
 
+NO_CONTRAST = "the image has no contrast (constant or nearly); no lesion marked"
+CONTRAST_MIN = 0.02  # gray01 spread (0.5th to 99.5th percentile) below which nothing is seen
+
+
+def no_contrast(gray01: np.ndarray) -> bool:
+    """Whether a gray [0, 1] image is constant or nearly so (its 0.5th to 99.5th percentile
+    spread is under 2% of the range), judged on at most about 65,000 of its pixels: such an
+    image shows no tissue, and any lesion the model drew in it would be invented."""
+    step = max(1, int(np.sqrt(gray01.size / 65536)))
+    lo, hi = np.percentile(gray01[::step, ::step], [0.5, 99.5])
+    return bool(hi - lo < CONTRAST_MIN)
+
+
 def _minmax(arr: np.ndarray) -> np.ndarray:
     lo, hi = float(arr.min()), float(arr.max())
     return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
