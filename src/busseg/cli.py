@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from busseg import __version__
+from busseg.imageio import DEFAULT_MAX_PIXELS
 
 
 def _prepare(a: argparse.Namespace) -> int:
@@ -94,7 +95,7 @@ def _predict(a: argparse.Namespace) -> int:
                 save_prob=a.save_prob, overlay=a.overlay, device=a.device,
                 batch_size=a.batch_size, backend=a.backend, onnx_path=a.onnx, frames=a.frames,
                 overwrite=a.overwrite, include_masks=a.include_masks, dicom_seg=a.dicom_seg,
-                plain=a.plain)
+                plain=a.plain, max_pixels=a.max_pixels)
     for e in r.errors:
         print(f"error: {e}", file=sys.stderr)
     print(f"segmented {len(r.rows)} image(s) into {a.out} ({len(r.errors)} failed, "
@@ -193,8 +194,14 @@ def _add_overwrite(parser: argparse.ArgumentParser) -> None:
                         help="replace the outputs of an earlier run (default: refuse)")
 
 
+COMMON = argparse.ArgumentParser(add_help=False)
+COMMON.add_argument("-v", "--verbose", action="store_true",
+                    help="also print the libraries' own progress lines and debug details")
+
+
 def _verb(sub, name: str, text: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter)
+    return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter,
+                          parents=[COMMON])
 
 
 def _add_prepare(sub) -> None:
@@ -311,7 +318,10 @@ def _add_predict(sub) -> None:
                    help="torch, or ONNX Runtime (with --onnx FILE, or an export of the model)")
     s.add_argument("--onnx", help="an exported .onnx file for --backend onnx")
     s.add_argument("--frames", default="all",
-                   help="DICOM frames: all, first, middle or indices like 0,5")
+                   help="frames of a multi-frame DICOM, TIFF, GIF, PNG or WebP: all, first, "
+                   "middle or indices like 0,5")
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                   help="refuse files with more decoded pixels than this (all frames)")
     _add_overwrite(s)
     s.add_argument("--dicom-seg", action="store_true",
                    help="for DICOM inputs also write <stem>_seg.dcm, a DICOM Segmentation")
@@ -370,7 +380,7 @@ def _add_serve(sub) -> None:
     s.add_argument("--onnx", help="serve an exported .onnx file with ONNX Runtime instead "
                    "(busseg export; --int8 is the fastest on CPUs with VNNI)")
     s.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted")
-    s.add_argument("--max-pixels", type=int, default=40_000_000,
+    s.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                    help="largest decoded image accepted (pixels)")
     s.add_argument("--concurrency", type=int, default=2, help="inferences at once")
     s.add_argument("--threads", type=int, default=0,
@@ -403,6 +413,8 @@ def _add_export(sub) -> None:
     s.set_defaults(func=_export)
 
 
+QUIET_LIBRARIES = ("highdicom", "pydicom", "PIL", "matplotlib", "onnxruntime", "httpx",
+                   "multipart", "python_multipart")
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "multipart": "serve",
           "python_multipart": "serve", "onnx": "onnx", "onnxruntime": "onnx",
           "onnxscript": "onnx", "matplotlib": "report", "nbclient": "report",
@@ -421,8 +433,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; expected failures print one line naming the problem, exit code non-zero."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s")
+    for name in QUIET_LIBRARIES:  # their INFO lines (about ten per DICOM SEG) only on request
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
     except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as exc:

@@ -124,6 +124,44 @@ def from_dict(cls: type[BaseModel], data: dict) -> Any:
         raise ValueError("; ".join(_message(e) for e in exc.errors())) from None
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, never megabytes
+MAX_CONFIG_NODES = 100_000  # values after anchors and aliases are expanded
+
+
+def load_yaml(text: str, source: object) -> object:
+    """YAML with bounds: at most MAX_CONFIG_BYTES of text and MAX_CONFIG_NODES values once
+    aliases are expanded (an "anchor bomb" of nested aliases is refused before it is built)."""
+    if len(text.encode()) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{source}: over {MAX_CONFIG_BYTES} bytes; not a busseg config")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > MAX_CONFIG_NODES:
+            raise ValueError(f"{source}: expands to over {MAX_CONFIG_NODES} values through "
+                             "YAML aliases; refused")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values `node` stands for once every alias is copied out (counted, not built)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    memo[key] = MAX_CONFIG_NODES + 1  # a node that holds itself never ends: too large
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[key] = min(size, MAX_CONFIG_NODES + 1)
+    return memo[key]
+
+
 def resolve_config(
     path: str | Path | None = None, overrides: list[str] | None = None
 ) -> TrainConfig:
@@ -131,7 +169,7 @@ def resolve_config(
     data: dict = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
+            data = load_yaml(Path(path).read_text(), path) or {}
         except FileNotFoundError:
             raise FileNotFoundError(f"{path}: config file not found") from None
         except yaml.YAMLError as exc:
@@ -148,7 +186,7 @@ def resolve_config(
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
+        node[leaf] = load_yaml(raw, f"override {item!r}")
     return from_dict(TrainConfig, data)
 
 

@@ -61,5 +61,9 @@ def write_dicom_seg(source: Path | str, mask: np.ndarray, out: Path | str,
         software_versions=__version__, device_serial_number="none",
         series_description="busseg lesion segmentation (research use)",
         omit_empty_frames=False)  # an empty mask is an answer too
+    if "PlaneOrientationSequence" not in (seg.get("SharedFunctionalGroupsSequence") or [{}])[0]:
+        # no patient frame of reference (ultrasound, secondary capture): the General Image
+        # module then needs PatientOrientation, the source's own or empty (type 2C)
+        seg.PatientOrientation = ds.get("PatientOrientation", "")
     seg.save_as(out)
     return Path(out)

@@ -179,9 +179,12 @@ def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
     path = Path(path)
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)  # its reasons reach our error line
     limit = max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS
+    stage = "cannot decode DICOM pixel data"
     try:
         ds, arr, n_frames = _decode_dicom(path, data, limit)
+        stage = "cannot turn stored values into pixels (modality LUT, rescale or palette)"
         arr = _dicom_display_pixels(path, ds, arr)
+        stage = "cannot read the DICOM frame layout"
         photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
         chosen = _choose_frames(path, n_frames, frames)
         spacing = _pixel_spacing(ds)
@@ -190,14 +193,23 @@ def read_dicom(path: Path | str, frames: str = "all", data: bytes | None = None,
     except MemoryError:
         raise ImageTooLarge(path, "not enough memory to decode this DICOM") from None
     except Exception as exc:  # pydicom raises many types for broken data sets and pixel data
-        raise ImageReadError(path, f"cannot decode DICOM pixel data ({_reason(exc)})") from None
+        raise ImageReadError(path, f"{stage}: {_reason(exc)}") from None
     multi = n_frames > 1
     return [Scan(arr[i], path, i if multi else None, spacing, {"photometric": photometric})
             for i in chosen]
 
 
 def _reason(exc: BaseException) -> str:
-    """An exception as one short line (its type when it says nothing)."""
+    """An exception as one short line (its type when it says nothing; a missing DICOM
+    attribute by tag and keyword)."""
+    if isinstance(exc, KeyError) and exc.args and isinstance(exc.args[0], int):
+        from pydicom.datadict import keyword_for_tag
+        from pydicom.tag import Tag
+
+        tag = Tag(exc.args[0])
+        return f"attribute {tag} {keyword_for_tag(tag) or ''} is missing".replace("  ", " ")
+    if isinstance(exc, AttributeError) and "has no attribute" in str(exc):
+        return f"attribute {str(exc).rsplit(' ', 1)[-1]} is missing"
     text = " ".join(str(exc).split())
     return (text[:300] + "...") if len(text) > 300 else (text or type(exc).__name__)
 
@@ -273,6 +285,13 @@ def _dicom_display_pixels(path: Path, ds, arr: np.ndarray) -> np.ndarray:
     if photometric == "PALETTE COLOR":
         arr = apply_color_lut(arr, ds)
     elif samples == 1:
+        for key in ("RescaleSlope", "RescaleIntercept"):
+            if key in ds and "ModalityLUTSequence" not in ds:
+                try:
+                    float(ds[key].value)
+                except (TypeError, ValueError):
+                    raise ImageReadError(path, f"{key} {ds[key].value!r} is not a number"
+                                         ) from None
         arr = np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
         if not np.isfinite(arr).all():
             raise ImageReadError(path, "pixel values are not finite after the modality LUT "

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass
 from enum import Enum
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from pydantic import BaseModel
@@ -21,6 +23,7 @@ from starlette.concurrency import run_in_threadpool
 from busseg import __version__
 from busseg.checkpoint import load_model
 from busseg.imageio import (
+    DEFAULT_MAX_PIXELS,
     ImageReadError,
     ImageTooLarge,
     header_pixels,
@@ -34,6 +37,7 @@ from busseg.predict import gray_image, lesion_stats, overlay_image
 from busseg.preprocess import to_gray01
 from busseg.serve.protocol import DEFAULT_READ_TIMEOUT_S, uvicorn_config
 
+log = logging.getLogger("busseg.serve")
 STATIC = Path(__file__).parent / "static"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self' 'unsafe-inline'; "
@@ -54,7 +58,7 @@ class ServeConfig:
 
     checkpoint: str | None = None
     max_upload_bytes: int = 20 * 2**20
-    max_pixels: int = 40_000_000
+    max_pixels: int = DEFAULT_MAX_PIXELS
     concurrency: int = 2
     queue: int = 16
     timeout_s: float = 30.0
@@ -87,6 +91,7 @@ class SegmentResult(BaseModel):
     mean_prob: float | None
     lesion_score: float  # the presence head's probability, or the map's peak without a head
     lesion_area_mm2: float | None
+    warning: str | None = None  # why no lesion was looked for (an image with no contrast)
 
 
 class ErrorBody(BaseModel):
@@ -169,6 +174,27 @@ def _one_of(name: str, query, form):
     return query if query is not None else form
 
 
+PARAMETERS = ("threshold", "output", "plain")
+
+
+async def check_repeats(request: Request) -> None:
+    """422 for a parameter given more than once with different values (in the query, the
+    form or both), an empty value, or more than one file part."""
+    form = await request.form()  # parsed once: FastAPI reuses it for the parameters
+    if len(form.getlist("file")) > 1:
+        raise HTTPException(422, "give one file part per request "
+                                 f"(got {len(form.getlist('file'))})")
+    for name in PARAMETERS:
+        values = request.query_params.getlist(name) + [
+            v for v in form.getlist(name) if isinstance(v, str)]
+        if any(v.strip() == "" for v in values):
+            raise HTTPException(422, f"{name} is given with an empty value")
+        if len(set(values)) > 1:
+            shown = ", ".join(sorted(set(values))[:4])
+            raise HTTPException(422, f"{name} given twice or more with different values "
+                                     f"({shown})")
+
+
 @dataclass
 class ServedModel:
     """What the service runs: a forward function, its input size, settings and name."""
@@ -234,8 +260,9 @@ class Segmenter:
             raise HTTPException(413, f"{name}: {exc.reason}") from None
         except ImageReadError as exc:
             raise HTTPException(422, f"{name}: {exc.reason}") from None
-        except ValueError as exc:
-            raise HTTPException(422, f"{name}: {exc}") from None
+        except Exception as exc:  # noqa: BLE001 - whatever the bytes do, they are the upload's
+            raise HTTPException(422, f"{name}: cannot read the scan ({exc or type(exc).__name__})"
+                                ) from None
         if output is Output.scan:  # the scan as the server read it: no model run needed
             return _png(gray_image(gray, shape))
         settings = chosen_settings(self.model.settings, plain, threshold)
@@ -250,7 +277,7 @@ class Segmenter:
             return _png(prob_image(prob))
         return SegmentResult(model=self.model.name, version=__version__,
                              threshold=settings.threshold, lesion_score=pred.score,
-                             **lesion_stats(mask, prob, spacing))
+                             warning=pred.warning, **lesion_stats(mask, prob, spacing))
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
@@ -304,6 +331,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         output_form: Annotated[Output | None, Form(
             alias="output", description="as the query parameter")] = None,
     ):
+        await check_repeats(request)
         threshold = _one_of("threshold", threshold, threshold_form)
         output = _one_of("output", output, output_form) or Output.json
         plain = bool(_one_of("plain", plain, plain_form))
@@ -349,9 +377,28 @@ def _install_guards(app: FastAPI, cfg: ServeConfig) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status_code == 503 else None
+        headers = {"Retry-After": "1"} if exc.status_code == 503 else {}
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code,
-                            headers=headers)
+                            headers={**headers, **SECURITY_HEADERS})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_without_input(e) for e in exc.errors()]},
+                            status_code=422, headers=SECURITY_HEADERS)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=exc)
+        return JSONResponse({"detail": "internal error; the server log has the details"},
+                            status_code=500, headers=SECURITY_HEADERS)
+
+
+def _without_input(error: dict) -> dict:
+    """A validation error as FastAPI gives it, less the offending input (an upload's bytes
+    never go back to the client) and context objects that are not JSON."""
+    keep = ("type", "loc", "msg")
+    return {k: (list(v) if k == "loc" else str(v) if k == "msg" else v)
+            for k, v in error.items() if k in keep}
 
 
 def serve(host: str = "127.0.0.1", port: int = 8000, config: ServeConfig | None = None,
