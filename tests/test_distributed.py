@@ -12,7 +12,7 @@ import torch
 from busseg.models import create_model
 
 COMMON = ["--epochs", "2", "--size", "64", "--no-progress", "--set", "model.width=4",
-          "--set", "model.depth=2", "--set", "model.stem_stride=1", "--set", "threads=1",
+          "--set", "model.depth=2", "--set", "model.stem_stride=1",
           "--set", "augment.p=0", "--set", "augment.p_malignant=0", "--set", "lr=0.0003"]
 
 

@@ -1,10 +1,8 @@
 import pytest
 import torch
 
-from busseg.config import ModelConfig
-from busseg.losses import deep_supervision_loss, presence_loss
-from busseg.models import count_parameters, create_model
-from busseg.models.unet import split_output
+from busseg.config import ModelConfig, resolve_config
+from busseg.models import SegOutput, count_parameters, create_model
 
 
 @pytest.mark.parametrize("stem", [1, 2])
@@ -14,13 +12,16 @@ def test_output_shape_matches_input(stem, shape):
     n, h, w = shape
     with torch.no_grad():
         out = model(torch.rand(n, 1, h, w))
-    assert out.shape == (n, 1, h, w)
-    assert torch.isfinite(out).all()
+    assert isinstance(out, SegOutput) and out.presence is None and out.aux == ()
+    assert out.logits.shape == (n, 1, h, w)
+    assert torch.isfinite(out.logits).all()
 
 
-def test_default_model_is_light():
+def test_default_model_is_the_shipped_shape_and_light():
     cfg = ModelConfig()
-    model = create_model(cfg.name, width=cfg.width, depth=cfg.depth, stem_stride=cfg.stem_stride)
+    assert cfg.arguments == {"width": 8, "depth": 5, "in_channels": 1, "stem_stride": 2,
+                             "presence_head": False, "norm": "instance"}
+    model = create_model(cfg.name, **cfg.arguments)
     assert count_parameters(model) <= 2_000_000
     assert count_parameters(create_model("unet_classic")) > 30_000_000
 
@@ -29,51 +30,34 @@ def test_input_is_standardised_inside():
     model = create_model("unet", width=4, depth=2).eval()
     x = torch.rand(1, 1, 32, 32)
     with torch.no_grad():
-        assert torch.allclose(model(x), model(x * 0.5 + 0.2), atol=1e-4)
+        assert torch.allclose(model(x).logits, model(x * 0.5 + 0.2).logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("depth", [1, 2, 3, 4, 5])
-@pytest.mark.parametrize("stem", [1, 2])
-def test_deep_supervision_at_every_depth(depth, stem):
-    model = create_model("unet", width=4, depth=depth, stem_stride=stem, deep_supervision=True)
-    outs = model(torch.rand(2, 1, 64, 64))
-    assert isinstance(outs, list) and len(outs) == 1 + min(depth, 2)
-    assert outs[0].shape == (2, 1, 64, 64)
-    coarsest = 64 // stem // 2 ** (depth - 1)  # output of the first decoder stage
-    assert outs[1].shape == (2, 1, coarsest, coarsest)
-    y = (torch.rand(2, 1, 64, 64) > 0.5).float()
-    deep_supervision_loss(outs, y).backward()  # every auxiliary output trains
-    assert all(a.weight.grad is not None for a in model.aux)
-    assert model.eval()(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
-
-
-def test_presence_head_gives_one_score_per_image_and_learns():
-    model = create_model("unet", width=4, depth=3, presence_head=True)
-    seg, presence = split_output(model(torch.rand(3, 1, 48, 64)))
-    assert seg.shape == (3, 1, 48, 64) and presence.shape == (3,)
-    y = torch.zeros(3, 1, 48, 64)
-    y[0, 0, 10:20, 10:20] = 1
-    opt = torch.optim.Adam(model.parameters(), 1e-2)
+def test_presence_head_reads_the_features_method():
+    model = create_model("unet", width=4, depth=3, presence_head=True).eval()
     x = torch.rand(3, 1, 48, 64)
-    x[0, 0, 10:20, 10:20] = 0.0  # a dark "lesion" only in image 0
-    for _ in range(30):
-        loss = presence_loss(split_output(model(x))[1], y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
     with torch.no_grad():
-        score = torch.sigmoid(split_output(model.eval()(x))[1])
-    assert score[0] > 0.5 > max(score[1], score[2])
-    assert split_output(torch.zeros(1))[1] is None
+        out, feats = model(x), model.features(x)
+    assert out.logits.shape == (3, 1, 48, 64) and out.presence.shape == (3,)
+    assert feats.shape == (3, 2 * 4 * 2**3)
+    assert torch.allclose(out.presence, model.presence(feats)[:, 0], atol=1e-6)
 
 
-def test_unknown_model_and_bad_shape():
-    with pytest.raises(KeyError, match="unknown model"):
+def test_model_arguments_are_checked_against_the_constructor():
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
         create_model("resnet")
+    with pytest.raises(ValueError, match="takes no argument 'deep_supervision'"):
+        create_model("unet", deep_supervision=True)
+    with pytest.raises(ValueError, match="'model.norm'"):
+        create_model("unet", norm="layer")
+    with pytest.raises(ValueError, match="'model.width'"):
+        resolve_config(None, ["model.width=wide"])
+    with pytest.raises(ValueError, match="takes no argument 'colour'"):
+        resolve_config(None, ["model.colour=1"])
     with pytest.raises(ValueError):
         create_model("unet", depth=0)
-    with pytest.raises(ValueError, match="norm='layer'"):
-        create_model("unet", norm="layer")
+    cfg = resolve_config(None, ["model.name=unet_classic", "model.width=4"])
+    assert cfg.model.arguments["width"] == 4 and cfg.model.arguments["norm"] == "batch"
 
 
 def test_instance_norm_scores_each_image_alone():
@@ -86,19 +70,16 @@ def test_instance_norm_scores_each_image_alone():
         has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
         assert has_bn is not independent
         with torch.no_grad():
-            alone, batched = model(x[:1]), model(x)[:1]
+            alone, batched = model(x[:1]).logits, model(x).logits[:1]
         assert torch.allclose(alone, batched, atol=1e-5) is independent
-    assert ModelConfig(norm="instance").norm == "instance"
-    with pytest.raises(ValueError):
-        ModelConfig(norm="layer")
 
 
 def test_checkpoint_saved_before_norm_existed_loads_as_batchnorm(tmp_path):
-    """The default is `instance`, but a checkpoint whose model config has no `norm` key holds
-    BatchNorm weights and loads as such; an instance config over them is a clear error."""
+    """A checkpoint whose model config has no `norm` key (and the `deep_supervision: false` of
+    its time) holds BatchNorm weights and loads as such; an instance config over them is a
+    clear error."""
     from busseg.checkpoint import load_model, save_checkpoint
 
-    assert ModelConfig().norm == "instance"
     net = create_model("unet", width=4, depth=3, norm="batch")
     old = {"name": "unet", "width": 4, "depth": 3, "stem_stride": 2,
            "deep_supervision": False, "presence_head": False}
@@ -108,7 +89,7 @@ def test_checkpoint_saved_before_norm_existed_loads_as_batchnorm(tmp_path):
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.net.modules())
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
-        assert torch.allclose(loaded.net(x), net.eval()(x), atol=1e-6)
+        assert torch.allclose(loaded.net(x).logits, net.eval()(x).logits, atol=1e-6)
     save_checkpoint(tmp_path / "bad.pt", {"model_state": net.state_dict(), "config": {
         "model": {**old, "norm": "instance"}, "size": 64}})
     with pytest.raises(ValueError, match="bad.pt: weights do not fit"):

@@ -47,7 +47,7 @@ class LoadedModel:
 def legacy_settings(meta: dict) -> PostprocessSettings:
     """Settings stored the older way (flat keys; the confidence gate is no longer applied)."""
     return PostprocessSettings(
-        threshold=float(meta.get("threshold", DEFAULTS.threshold)),
+        threshold=float(meta.get("threshold", 0.5)),
         tta=bool(meta.get("tta", False)),
         min_area_frac=float(meta.get("min_area_frac", 0.0)),
         keep_largest=bool(meta.get("keep_largest", False)))
@@ -66,10 +66,20 @@ def settings_for(checkpoint: Path, meta: dict) -> PostprocessSettings:
     return legacy_settings(meta)
 
 
+def saved_model_config(model_cfg: dict) -> dict:
+    """A model config as saved by any busseg version, in today's terms: U-Nets saved before
+    `norm` existed hold BatchNorm weights; `deep_supervision: false` (a removed option, whose
+    auxiliary heads inference never used) is dropped."""
+    cfg = dict(model_cfg)
+    if cfg.get("name", "unet") in ("unet", "unet_classic"):
+        cfg.setdefault("norm", "batch")
+        cfg.pop("deep_supervision", None)
+    return cfg
+
+
 def build_from_config(model_cfg: dict) -> nn.Module:
     """Create the network a saved model config describes."""
-    cfg = dict(model_cfg)
-    cfg.setdefault("norm", "batch")  # saved before `model.norm` existed: BatchNorm weights
+    cfg = saved_model_config(model_cfg)
     return create_model(cfg.pop("name", "unet"), **cfg)
 
 
@@ -85,7 +95,7 @@ def checkpoint_meta(ckpt: dict) -> dict:
     """What inference needs from a `.pt` checkpoint dict (model config, size, settings keys)."""
     cfg = ckpt.get("config", {})
     return {"model": cfg.get("model", {}), "size": cfg.get("size", DEFAULTS.size),
-            "threshold": ckpt.get("threshold", cfg.get("threshold", DEFAULTS.threshold)),
+            "threshold": ckpt.get("threshold", cfg.get("threshold", 0.5)),
             "epoch": ckpt.get("epoch"), "metrics": ckpt.get("metrics", {}),
             "provenance": ckpt.get("provenance"), **ckpt.get("postprocess", {})}
 
@@ -135,6 +145,7 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
         ckpt = _read_pt(path)
         state, meta = ckpt["model_state"], checkpoint_meta(ckpt)
     check_finite(state, path)
+    state = {k: v for k, v in state.items() if not k.startswith("aux.")}  # removed heads
     net = build_from_config(meta.get("model", {}))
     try:
         net.load_state_dict(state)

@@ -11,23 +11,44 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Strict):
-    """Which model to build (`busseg.models.MODELS`) and its shape."""
+class ModelConfig(BaseModel):
+    """Which model to build (a name in `busseg.models.MODELS`) and that model's own constructor
+    arguments beside it (`model: {name: unet, width: 8}`), checked against its signature and
+    completed with its defaults."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=False)
 
     name: str = "unet"
-    width: int = Field(8, ge=1)
-    depth: int = Field(5, ge=1, le=6)
-    stem_stride: Literal[1, 2] = 2
-    deep_supervision: bool = False
-    presence_head: bool = False
-    norm: Literal["batch", "instance"] = "instance"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _arguments_of_the_model(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        from busseg.models import model_arguments
+
+        name = data.get("name", "unet")
+        args = {k: v for k, v in data.items() if k != "name"}
+        return {"name": name, **model_arguments(str(name), args)}
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        """The constructor's keyword arguments."""
+        return dict(self.model_extra or {})
 
 
 class AugmentConfig(_Strict):
@@ -42,9 +63,7 @@ class AugmentConfig(_Strict):
     gamma: float = Field(0.25, ge=0.0, lt=1.0)
     noise: float = Field(0.05, ge=0.0, le=1.0)
     blur: float = Field(0.2, ge=0.0, le=1.0)
-    ramp: float = Field(0.0, ge=0.0, lt=1.0)
-    speckle: float = Field(0.0, ge=0.0, le=1.0)  # std of blotchy (1/8-resolution) gain noise
-    lowres: float = Field(0.0, ge=0.0, le=1.0)  # chance of a down-and-up resample (x0.4-0.9)
+    ramp: float = Field(0.0, ge=0.0, lt=1.0)  # depth gain ramp (configs/finetune.yaml uses it)
     p: float = Field(0.8, ge=0.0, le=1.0)
     p_malignant: float = Field(1.0, ge=0.0, le=1.0)
     strength_malignant: float = Field(1.3, ge=0.0, le=3.0)
@@ -65,51 +84,39 @@ class TrainConfig(_Strict):
     schedule: Literal["constant", "cosine"] = "cosine"
     schedule_epochs: int | None = Field(130, ge=1)  # the cosine's length (None: epochs)
     warmup_epochs: int = Field(3, ge=0)
-    progressive_epochs: int = Field(0, ge=0)  # train this many first epochs at half the size
     ema: float = Field(0.995, ge=0.0, lt=1.0)  # 0: no EMA weights
     select: Literal["best", "last"] = "last"
-    train_on_val: bool = False  # also train on the val split (then it only logs: select last)
     patience: int = Field(20, ge=1)
-    min_epochs: int = Field(0, ge=0)
-    presence_weight: float = Field(0.5, ge=0.0)
     init: str | None = None  # start from weights: 'default' (the shipped model) or a path
-    teachers: list[str] = Field(default_factory=list)  # checkpoints to distil from (busseg.distill)
-    distill_weight: float = Field(0.5, ge=0.0, le=1.0)  # the teachers' share of the target
     limit: int = Field(0, ge=0)  # train on this many training scans only (0: all)
     seed: int = 0
-    threads: int = Field(0, ge=0)  # 0: PyTorch's choice
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    channels_last: bool = True
     cuda_graph: bool = True  # one GPU: replay the training forward / backward as CUDA graphs
     amp: Literal["auto", "fp32", "bf16"] = "auto"
     compile: bool | Literal["auto"] = "auto"  # torch.compile the training step (busseg.stepcompile)
     normal_share: float = Field(0.1, ge=0.0, lt=1.0)
-    threshold: float = Field(0.5, gt=0.0, lt=1.0)
-    loss: Literal["bce_dice", "bce_tversky", "focal_dice"] = "bce_dice"  # busseg.losses
+    loss: str = "bce_dice"  # a name in busseg.losses.LOSSES
     progress: bool = True
     sync_bn: bool = False
     model: ModelConfig = Field(default_factory=ModelConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
-    @model_validator(mode="after")
-    def _val_not_trained_on_when_it_chooses(self) -> TrainConfig:
-        if self.train_on_val and self.select == "best":
-            raise ValueError("train_on_val needs select: last (val cannot choose the epoch of a "
-                             "model trained on it)")
-        return self
+    @field_validator("loss")
+    @classmethod
+    def _registered_loss(cls, name: str) -> str:
+        from busseg.losses import LOSSES
 
-    @model_validator(mode="after")
-    def _teachers_with_a_plain_model(self) -> TrainConfig:
-        if self.teachers and self.model.presence_head:
-            raise ValueError("teachers give soft lesion maps, which cannot train a presence "
-                             "head: set model.presence_head: false")
-        return self
+        if name not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+        return name
 
 
 def _message(err: dict) -> str:
     key = ".".join(str(p) for p in err["loc"])
     if not key:  # a rule across keys
         return "config: " + err["msg"].removeprefix("Value error, ")
+    if key == "model" and err["type"] == "value_error":  # from the model's own signature
+        return err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"unknown config key {key!r}"
     return f"config key {key!r}: {err['msg'].lower()}, got {err.get('input')!r}"

@@ -121,9 +121,6 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
 
     if not 0.0 <= inner_val < 0.5:
         raise ValueError(f"inner validation share must be in [0, 0.5), got {inner_val}")
-    if cfg.train_on_val:
-        raise ValueError("train_on_val does not apply to cross-validation: every fold already "
-                         "trains on the train and val scans outside it")
     if cfg.select == "best" and not inner_val:
         log.warning("warning: select: best picks each fold's epoch on its held-out scans, so the "
                     "out-of-fold figures are optimistic; --set select=last or --inner-val 0.125 "

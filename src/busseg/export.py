@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from busseg.checkpoint import LoadedModel, load_model
-from busseg.models.unet import split_output
 from busseg.provenance import provenance
 from busseg.safety import claim
 
@@ -23,10 +22,10 @@ class ProbabilityModel(nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor):
-        seg, presence = split_output(self.net(x))
-        if presence is None:
-            return torch.sigmoid(seg)
-        return torch.sigmoid(seg), torch.sigmoid(presence)
+        out = self.net(x)
+        if out.presence is None:
+            return torch.sigmoid(out.logits)
+        return torch.sigmoid(out.logits), torch.sigmoid(out.presence)
 
 
 def onnx_ready(net: nn.Module) -> nn.Module:

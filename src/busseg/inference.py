@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from busseg.checkpoint import LoadedModel, load_model
-from busseg.models.unet import split_output
 from busseg.postprocess import decide, lesion_score
 from busseg.preprocess import NO_CONTRAST, no_contrast, prepare_input, resize_prob, to_gray01
 
@@ -37,9 +36,9 @@ def torch_forward(loaded: LoadedModel, device: str = "cpu") -> Forward:
         x = x.to(device)
         if device == "cpu":
             x = x.contiguous(memory_format=torch.channels_last)
-        seg, presence = split_output(net(x))
-        score = None if presence is None else torch.sigmoid(presence.float()).cpu()
-        return torch.sigmoid(seg.float()).cpu(), score
+        out = net(x)
+        score = None if out.presence is None else torch.sigmoid(out.presence.float()).cpu()
+        return torch.sigmoid(out.logits.float()).cpu(), score
 
     return run
 

@@ -1,11 +1,10 @@
 """Fitting the image-level lesion score on a trained segmentation model whose weights stay frozen.
 
-The presence head (`model.presence_head`) is one linear layer on the average- and max-pooled
-bottleneck features. Trained jointly with the segmentation it cost Dice on other scanners
-(docs/experiments.md). Fitted afterwards on the frozen network's features, by L2-regularised
-logistic regression over the lesion and normal training scans (each also flipped, the two classes
-weighted equally), it leaves every segmentation output exactly as it was and only adds the score
-that `busseg tune`'s presence rule reads.
+The presence head (`model.presence_head`) is one linear layer on the network's `features(x)`
+(for the U-Net, the average- and max-pooled bottleneck features). Fitted on the frozen network's
+features by L2-regularised logistic regression over the lesion and normal training scans (each
+also flipped, the two classes weighted equally), it leaves every segmentation output exactly as
+it was and only adds the score that `busseg tune`'s presence rule reads.
 """
 
 from __future__ import annotations
@@ -22,30 +21,16 @@ from busseg.data.dataset import TensorSplit
 DEFAULT_L2 = 1.0  # the lowest OOF normal FP of 1, 10, 100, 1000 (docs/experiments.md)
 
 
-class _Capture(nn.Module):
-    """Stands in for the head while features are read: keeps its input."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.features = x
-        return x[:, :1]
-
-
 @torch.inference_mode()
 def pooled_features(net: nn.Module, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    """The head's inputs (pooled bottleneck features, float64) of uint8 images N x 1 x S x S,
-    each image followed by its left-right flip."""
-    old, capture = net.presence, _Capture()
-    net.presence = capture
+    """The head's inputs (`net.features`, float64) of uint8 images N x 1 x S x S, each image
+    followed by its left-right flip."""
     own, flipped = [], []
-    try:
-        net.eval()
-        for start in range(0, len(images), batch):
-            x = images[start:start + batch].float().div_(255.0)
-            for view, into in ((x, own), (x.flip(-1), flipped)):
-                net(view.contiguous(memory_format=torch.channels_last))
-                into.append(capture.features.double())
-    finally:
-        net.presence = old
+    net.eval()
+    for start in range(0, len(images), batch):
+        x = images[start:start + batch].float().div_(255.0)
+        for view, into in ((x, own), (x.flip(-1), flipped)):
+            into.append(net.features(view.contiguous(memory_format=torch.channels_last)).double())
     # rows: image 0, its flip, image 1, its flip, ...
     return torch.stack([torch.cat(own), torch.cat(flipped)], dim=1).flatten(0, 1)
 
@@ -82,9 +67,9 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = DEFAULT_L2,
 def frozen_net(ckpt: dict) -> tuple[nn.Module, dict, dict]:
     """(network without a head in eval mode, its model config, its weights) of checkpoint dict
     `ckpt`; a head the checkpoint already has is left out."""
-    from busseg.checkpoint import build_from_config
+    from busseg.checkpoint import build_from_config, saved_model_config
 
-    model_cfg = {**ckpt["config"]["model"], "presence_head": False}
+    model_cfg = {**saved_model_config(ckpt["config"]["model"]), "presence_head": False}
     state = {k: v for k, v in ckpt["model_state"].items() if not k.startswith("presence.")}
     net = build_from_config(model_cfg)
     net.load_state_dict(state)

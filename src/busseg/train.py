@@ -16,7 +16,6 @@ import yaml
 
 from busseg.config import TrainConfig, config_to_dict
 from busseg.data.dataset import TensorSplit, list_pairs, load_pairs, load_split
-from busseg.distill import distill_targets
 from busseg.distributed import DistInfo, cleanup
 from busseg.distributed import setup as dist_setup
 from busseg.metrics import LOG_KEYS
@@ -70,8 +69,6 @@ def train(cfg: TrainConfig, resume: bool = False,
 
 def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
            splits: tuple[TensorSplit, TensorSplit] | None = None) -> dict:
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
     if info.main:
         _warn_about_schedule(cfg)
     torch.manual_seed(cfg.seed)
@@ -93,9 +90,6 @@ def _warn_about_schedule(cfg: TrainConfig) -> None:
     if cfg.warmup_epochs >= cfg.epochs:
         log.warning("warning: %d epochs do not get past the %d warm-up epochs; the learning "
                     "rate never reaches its peak", cfg.epochs, cfg.warmup_epochs)
-    if cfg.select == "best" and cfg.min_epochs > cfg.epochs:
-        log.warning("warning: min_epochs %d > epochs %d: early stopping can never act",
-                    cfg.min_epochs, cfg.epochs)
 
 
 def _load_data(cfg: TrainConfig, info: DistInfo, device: torch.device,
@@ -104,15 +98,12 @@ def _load_data(cfg: TrainConfig, info: DistInfo, device: torch.device,
     config.yaml, splits.json (a copy) and split_used.json."""
     out, data, t_load = Path(cfg.out), Path(cfg.data), time.time()
     if splits is None:
-        train_dirs = [data / "train"] + ([data / "val"] if cfg.train_on_val else [])
-        train_set = load_pairs([p for d in train_dirs for p in list_pairs(d)], cfg.size)
+        train_set = load_pairs(list_pairs(data / "train"), cfg.size)
         val_set = load_split(data / "val", cfg.size)
     else:
         train_set, val_set = splits
     if cfg.limit > 0:
         train_set = limit_split(train_set, cfg.limit, cfg.seed)
-    if cfg.teachers:
-        train_set = distill_targets(train_set, cfg.teachers, cfg.distill_weight, cfg.size)
     if info.main:
         out.mkdir(parents=True, exist_ok=True)
         log.info("loaded %d train / %d val images in %.1fs on %s (world %d)", len(train_set),

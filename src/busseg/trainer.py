@@ -22,7 +22,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
 from busseg.checkpoint import build_from_config, save_checkpoint
@@ -38,9 +37,8 @@ from busseg.distributed import (
     broadcast_flag,
 )
 from busseg.jsonio import write_csv
-from busseg.losses import deep_supervision_loss, presence_loss, seg_loss
+from busseg.losses import get_loss
 from busseg.metrics import LOG_KEYS, batch_dice
-from busseg.models.unet import split_output
 from busseg.precision import autocast, choose_precision
 from busseg.stepcompile import choose_compile
 
@@ -94,35 +92,6 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         torch._foreach_copy_(buffers, list(model.buffers()))
 
 
-def training_loss(outputs, y: torch.Tensor, presence_weight: float, loss: str = "bce_dice"):
-    """The segmentation loss `loss` (with deep supervision) plus, for models with a presence
-    head, a weighted BCE on "this image holds a lesion" (taken from the augmented mask).
-    Returns (loss, seg logits)."""
-    seg, presence = split_output(outputs)
-    seg = [o.float() for o in seg] if isinstance(seg, list) else seg.float()
-    total = deep_supervision_loss(seg, y, loss_fn=seg_loss(loss))
-    if presence is not None and presence_weight > 0:
-        total = total + presence_weight * presence_loss(presence.float(), y)
-    return total, (seg[0] if isinstance(seg, list) else seg)
-
-
-def train_size(cfg: TrainConfig, epoch: int) -> int:
-    """The side of epoch `epoch`'s (0-based) training batches: half the size during the first
-    `progressive_epochs` epochs (progressive resizing), the full size afterwards."""
-    return cfg.size // 2 if epoch < cfg.progressive_epochs else cfg.size
-
-
-def resize_batch(x: torch.Tensor, y: torch.Tensor, size: int,
-                 soft: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """An augmented batch at side `size`: images area-averaged, masks area-averaged and
-    thresholded at 0.5 (still binary; `soft` targets are not thresholded)."""
-    if x.shape[-1] == size and x.shape[-2] == size:
-        return x, y
-    x = F.interpolate(x, size=(size, size), mode="area")
-    y = F.interpolate(y, size=(size, size), mode="area")
-    return x, (y if soft else (y >= 0.5).to(x.dtype))
-
-
 def batch_scores(pred: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Pixel accuracy of a batch (a 0-d tensor) and the per-image hard Dice of boolean
     predictions."""
@@ -168,14 +137,13 @@ def validate(model: nn.Module, split: TensorSplit, cfg: TrainConfig, device: tor
     for start in range(0, len(mine), batch_size):
         idx = mine[start:start + batch_size]
         x, y = split.batch(idx, device)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         with autocast(dtype, device):
-            logits, _ = split_output(model(x))
-        logits = logits.float()
-        acc, dice = batch_scores(torch.sigmoid(logits) >= cfg.threshold, y)
+            out = model(x)
+        logits = out.logits.float()
+        acc, dice = batch_scores(logits >= 0, y)
         keep = torch.tensor([(split.labels[i] != "normal") or not has_lesion for i in idx])
-        t.loss += float(seg_loss(cfg.loss)(logits, y)) * len(idx)
+        t.loss += float(get_loss(cfg.loss)(out, y)) * len(idx)
         t.acc += float(acc) * len(idx)
         t.dice += float(dice.cpu()[keep].sum())
         t.dice_images += float(keep.sum())
@@ -248,6 +216,7 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.opt = make_optimizer(cfg, self.model)
+        self.loss_fn = get_loss(cfg.loss)
         self.global_batch = cfg.batch_size * info.world
         self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
@@ -279,9 +248,7 @@ class Trainer:
                 raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no "
                                  "CPU path)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        if cfg.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        return model
+        return model.to(memory_format=torch.channels_last)
 
     def _choose_precision(self, resume: bool) -> tuple[torch.dtype | None, dict]:
         """bf16 or fp32 as `amp` says (a resumed 'auto' run keeps its recorded choice); every
@@ -309,8 +276,7 @@ class Trainer:
             setting = bool(json.loads(recorded.read_text()).get("compile", {}).get("compiled"))
         gen = torch.Generator().manual_seed(0)  # the global RNG stays untouched
         x = torch.rand(cfg.batch_size, 1, cfg.size, cfg.size, generator=gen).to(self.device)
-        if cfg.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
         net, info = choose_compile(setting, self.net, x, self.dtype,
                                    self.steps_per_epoch * cfg.epochs)
         if broadcast_flag(info["compiled"], self.info, self.device) != info["compiled"]:
@@ -366,18 +332,15 @@ class Trainer:
         order = torch.multinomial(self.weights, self.steps_per_epoch * self.global_batch,
                                   replacement=True, generator=self.gen)
         sums = torch.zeros(3, device=self.device)  # loss, accuracy, Dice: no sync per step
-        side = train_size(cfg, epoch)
+        side = cfg.size
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    disable=not (cfg.progress and info.main), leave=False, unit="batch")
         for step in bar:
             start = step * self.global_batch + info.rank * cfg.batch_size
             idx = order[start:start + cfg.batch_size]
             x, y = ts.batch(idx.to(ts.images.device), self.device)
-            x, y = augment_batch(x, y, self.malignant[idx], cfg.augment, self.aug_gen,
-                                 soft=ts.targets is not None)
-            x, y = resize_batch(x, y, side, soft=ts.targets is not None)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = augment_batch(x, y, self.malignant[idx], cfg.augment, self.aug_gen)
+            x = x.contiguous(memory_format=torch.channels_last)
             if self.graph_pending and side == cfg.size:  # a graph is captured at one shape
                 self.graph_pending = False
                 self.graphed = graph_training_forward(self.model, x, self.dtype)
@@ -394,8 +357,8 @@ class Trainer:
         """One optimiser step on a batch; its summed loss, accuracy and Dice are added to
         `sums`; the batch's loss."""
         with autocast(self.dtype, self.device):
-            outputs = self.step_net(x)
-        loss, logits = training_loss(outputs, y, self.cfg.presence_weight, self.cfg.loss)
+            out = self.step_net(x)
+        loss, logits = self.loss_fn(out, y), out.logits
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -435,8 +398,8 @@ class Trainer:
             st.best, st.best_epoch, st.bad = val["dice"], epoch + 1, 0
         else:
             st.bad += 1
-        st.stopped = broadcast_flag(cfg.select == "best" and st.bad >= cfg.patience
-                                    and epoch + 1 >= cfg.min_epochs, self.info, self.device)
+        st.stopped = broadcast_flag(cfg.select == "best" and st.bad >= cfg.patience, self.info,
+                                    self.device)
         st.epoch, st.elapsed = epoch, time.time() - t0
         if self.info.main:
             if improved:
@@ -457,7 +420,7 @@ class Trainer:
         save_checkpoint(self.best_path, {
             "model_state": plain_state(chosen), "config": config_to_dict(self.cfg),
             "epoch": epoch + 1, "metrics": {f"val_{k}": v for k, v in val.items()},
-            "threshold": self.cfg.threshold, "ema": chosen is self.ema,
+            "threshold": 0.5, "ema": chosen is self.ema,
             "provenance": self.provenance,
         })
 

@@ -1,12 +1,11 @@
 """Batched augmentation on tensors, applied identically to images and masks.
 
 One random affine (flip, rotation, scale, translation) per sample is turned into a sampling grid
-shared by the image (bilinear) and the mask (bilinear, then thresholded at 0.5; soft targets
-are left unthresholded), so the two stay aligned. Intensity changes (brightness, contrast,
-gamma, speckle-like multiplicative noise, blur, and, where switched on, a depth gain ramp,
-blotchy low-frequency gain noise and a coarser resolution, which imitate other scanners) touch
-the image only. Malignant samples get `strength_malignant` times stronger geometry and
-intensity changes and are augmented with probability `p_malignant`.
+shared by the image (bilinear) and the mask (bilinear, then thresholded at 0.5), so the two stay
+aligned. Intensity changes (brightness, contrast, gamma, speckle-like multiplicative noise, blur,
+and where switched on a depth gain ramp) touch the image only. Malignant samples get
+`strength_malignant` times stronger geometry and intensity changes and are augmented with
+probability `p_malignant`.
 """
 
 from __future__ import annotations
@@ -29,10 +28,8 @@ def augment_batch(
     malignant: torch.Tensor,
     cfg: AugmentConfig,
     gen: torch.Generator,
-    soft: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Augment float images `x` in [0, 1] and masks `y` (N x 1 x H x W) with one generator;
-    `soft`: `y` holds soft targets in [0, 1], resampled without thresholding."""
+    """Augment float images `x` in [0, 1] and masks `y` (N x 1 x H x W) with one generator."""
     n, device = x.shape[0], x.device
     mal = malignant.to(device=device, dtype=torch.bool)
     strength = torch.where(mal, cfg.strength_malignant, 1.0).to(device)
@@ -53,8 +50,7 @@ def augment_batch(
     grid = affine_grid(theta, x.shape[-2], x.shape[-1])
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     y = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    if not soft:
-        y = (y >= 0.5).to(x.dtype)
+    y = (y >= 0.5).to(x.dtype)
 
     view = (n, 1, 1, 1)
     gamma = torch.exp(_uniform(n, s * cfg.gamma, gen, device)).view(view)
@@ -68,10 +64,6 @@ def augment_batch(
     if cfg.ramp > 0:  # gain rising or falling linearly with depth (image row)
         depth = torch.linspace(-1.0, 1.0, x.shape[-2], device=device).view(1, 1, -1, 1)
         x = x * (1.0 + _uniform(n, s * cfg.ramp, gen, device).view(view) * depth)
-    if cfg.speckle > 0:
-        x = _blotchy_gain(x, s * cfg.speckle, gen)
-    if cfg.lowres > 0:
-        x = _coarser(x, torch.rand(n, generator=gen, device=device) < cfg.lowres * on, gen)
     if cfg.blur > 0:
         blur_on = (torch.rand(n, generator=gen, device=device) < cfg.blur * on).view(view)
         x = torch.where(blur_on, binomial_blur(x), x)
@@ -95,25 +87,3 @@ def binomial_blur(x: torch.Tensor) -> torch.Tensor:
     p = F.pad(x, (1, 1, 1, 1), mode="replicate")
     rows = p[..., :-2, :] + 2 * p[..., 1:-1, :] + p[..., 2:, :]
     return (rows[..., :-2] + 2 * rows[..., 1:-1] + rows[..., 2:]) / 16.0
-
-
-def _blotchy_gain(x: torch.Tensor, sigma: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Multiply by 1 + noise drawn at 1/8 resolution and upsampled: gain that varies smoothly
-    across the image, as speckle and attenuation of another scanner do."""
-    n, _, h, w = x.shape
-    coarse = torch.randn((n, 1, max(h // 8, 1), max(w // 8, 1)), generator=gen, device=x.device)
-    field = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
-    return x * (1.0 + sigma.view(n, 1, 1, 1) * field)
-
-
-def _coarser(x: torch.Tensor, chosen: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Resample the chosen images down by a factor in [0.4, 0.9] and back up: a scanner or an
-    export with less resolution."""
-    factors = 0.4 + 0.5 * torch.rand(x.shape[0], generator=gen, device=x.device)
-    out = x.clone()
-    size = x.shape[-2:]
-    for i in torch.nonzero(chosen).flatten().tolist():
-        small = F.interpolate(x[i:i + 1], scale_factor=float(factors[i]), mode="bilinear",
-                              antialias=True, align_corners=False)
-        out[i:i + 1] = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
-    return out

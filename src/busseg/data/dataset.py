@@ -55,15 +55,12 @@ def load_pair(img: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class TensorSplit:
-    """A split in memory: uint8 images and masks (N x 1 x S x S), names and class labels;
-    optional soft training targets (uint8, 255 = lesion) that `batch` returns instead of the
-    masks (distillation, `busseg.distill`)."""
+    """A split in memory: uint8 images and masks (N x 1 x S x S), names and class labels."""
 
     images: torch.Tensor
     masks: torch.Tensor
     names: list[str]
     labels: list[str]
-    targets: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.names)
@@ -72,20 +69,15 @@ class TensorSplit:
         """The images at `idx`."""
         t = torch.as_tensor(idx, dtype=torch.long)
         return TensorSplit(self.images[t], self.masks[t], [self.names[i] for i in idx],
-                           [self.labels[i] for i in idx],
-                           None if self.targets is None else self.targets[t])
+                           [self.labels[i] for i in idx])
 
     def to(self, device: torch.device | str) -> TensorSplit:
         """The same images with their tensors on `device`."""
-        return TensorSplit(self.images.to(device), self.masks.to(device), self.names, self.labels,
-                           None if self.targets is None else self.targets.to(device))
+        return TensorSplit(self.images.to(device), self.masks.to(device), self.names, self.labels)
 
     def batch(self, idx: torch.Tensor, device: torch.device | str = "cpu"):
-        """Float images in [0, 1] and float masks (or the soft targets, in [0, 1]) for the given
-        indices."""
+        """Float images in [0, 1] and float masks for the given indices."""
         x = self.images[idx].to(device, non_blocking=True).float().div_(255.0)
-        if self.targets is not None:
-            return x, self.targets[idx].to(device, non_blocking=True).float().div_(255.0)
         y = self.masks[idx].to(device, non_blocking=True).float()
         return x, y
 

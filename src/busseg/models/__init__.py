@@ -1,4 +1,10 @@
-"""Model registry: a plain dict of named constructors and `create_model`."""
+"""Model registry: named network constructors, their arguments checked, one output type.
+
+A model is a `torch.nn.Module` whose constructor takes keyword arguments (annotated, with
+defaults) and whose `forward(x)` maps N x 1 x H x W images in [0, 1] to a `SegOutput`. Adding
+one is a file in this package and a line in `MODELS`; the config (`model: {name: ..., <its
+arguments>}`) is checked against the constructor's signature (docs/explanation/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,32 @@ from typing import Any
 
 from torch import nn
 
-from busseg.models.unet import UNet
+from busseg.models.output import SegOutput
+from busseg.models.unet import UNet, unet_classic
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
-    # The seed's classic U-Net: 64..1024 channels, ~31M parameters (with BatchNorm).
-    "unet_classic": lambda **kw: UNet(**{"width": 64, "depth": 4, "stem_stride": 1, **kw}),
+    "unet_classic": unet_classic,  # the seed's U-Net: 64..1024 channels, ~31M parameters
 }
+
+__all__ = ["MODELS", "SegOutput", "count_parameters", "create_model", "model_arguments"]
+
+
+def model_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
+    """Every constructor argument of model `name`: `given` checked (unknown names and values
+    of the wrong type raise ValueError naming them) and the constructor's defaults for the
+    rest."""
+    from busseg.models.signature import check_arguments
+
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+    return check_arguments(name, MODELS[name], given)
 
 
 def create_model(name: str = "unet", **kwargs: Any) -> nn.Module:
-    """Build a registered model by name; unknown names list the known ones."""
-    if name not in MODELS:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
-    return MODELS[name](**kwargs)
+    """Build a registered model by name with its (checked) arguments."""
+    args = model_arguments(name, kwargs)
+    return MODELS[name](**args)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,9 +1,8 @@
 """A small, readable U-Net: two 3x3 conv + BatchNorm + ReLU per block, 2x2 max-pool, channels
 doubling, a bottleneck, transposed-conv up-sampling with skip connections, a 1x1 conv to one logit.
 `norm="instance"` replaces BatchNorm by per-image, per-channel normalisation (GroupNorm with one
-group per channel), which uses no statistics of the training scans at inference: the config's
-default (`model.norm`) and the shipped model's. The constructor keeps BatchNorm as its default,
-which is what checkpoints saved without a `norm` key hold.
+group per channel), which uses no statistics of the training scans at inference: the default
+and the shipped model's (checkpoints saved without a `norm` key hold BatchNorm weights).
 
 `stem_stride=2` runs the first stage at half resolution (a strided 3x3 conv stem, and a final
 transposed conv back to full size), which makes a 256x256 image cost about what a 128x128 one
@@ -13,9 +12,13 @@ the model, so every consumer (training, evaluation, prediction, ONNX) sees the s
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from busseg.models.output import SegOutput
 
 
 class Standardize(nn.Module):
@@ -67,35 +70,34 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net returning logits (apply a sigmoid for probabilities).
+    """U-Net returning a `SegOutput` of logits (apply a sigmoid for probabilities).
 
     Args:
         width: channels of the first stage; stage k has width * 2**k.
         depth: number of down-sampling steps (the bottleneck runs at 1 / 2**depth).
         in_channels: input channels (1 for grayscale ultrasound).
         stem_stride: 1 for the classic layout, 2 to run the first stage at half resolution.
-        deep_supervision: also return auxiliary logits from the two coarsest decoder stages
-            during training (ignored in eval mode).
-        presence_head: also return one image-level "holds a lesion" logit per image, from the
-            average- and max-pooled bottleneck features; the output is then `(seg, presence)`.
-        norm: `batch` (BatchNorm) or `instance` (per-image, per-channel normalisation).
+        presence_head: also return one image-level "holds a lesion" logit per image, a linear
+            layer on `features(x)` (fitted afterwards by `busseg fit-presence`).
+        norm: `instance` (per-image, per-channel normalisation) or `batch` (BatchNorm).
+
+    The defaults are the shipped recipe's network (`configs/busi.yaml`).
     """
 
     def __init__(
         self,
-        width: int = 16,
-        depth: int = 4,
+        width: int = 8,
+        depth: int = 5,
         in_channels: int = 1,
-        stem_stride: int = 2,
-        deep_supervision: bool = False,
+        stem_stride: Literal[1, 2] = 2,
         presence_head: bool = False,
-        norm: str = "batch",
+        norm: Literal["instance", "batch"] = "instance",
     ) -> None:
         super().__init__()
-        if depth < 1 or width < 1 or stem_stride not in (1, 2) or norm not in NORMS:
+        if not 1 <= depth <= 6 or width < 1 or stem_stride not in (1, 2) or norm not in NORMS:
             raise ValueError(f"bad UNet shape: width={width}, depth={depth}, stem={stem_stride}, "
                              f"norm={norm!r}")
-        self.depth, self.stem_stride, self.deep_supervision = depth, stem_stride, deep_supervision
+        self.depth, self.stem_stride = depth, stem_stride
         self.norm = Standardize()
         chans = [width * 2**k for k in range(depth + 1)]
         if stem_stride == 2:
@@ -112,10 +114,6 @@ class UNet(nn.Module):
         else:
             self.head_up = nn.Identity()
             self.head = nn.Conv2d(chans[0], 1, 1)
-        # auxiliary heads on the outputs of the first (coarsest) two decoder stages
-        aux_chans = [chans[k] for k in reversed(range(depth))][:2]
-        self.aux = nn.ModuleList(nn.Conv2d(c, 1, 1) for c in aux_chans) if (
-            deep_supervision) else None
         self.presence = nn.Linear(2 * chans[depth], 1) if presence_head else None
 
     @property
@@ -123,38 +121,40 @@ class UNet(nn.Module):
         """Input sides are padded to a multiple of this."""
         return 2**self.depth * self.stem_stride
 
-    def forward(self, x: torch.Tensor) -> SegOutput:
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(bottleneck features, skip features) of images padded to `multiple`."""
         h, w = x.shape[-2:]
         m = self.multiple
-        ph, pw = (-h) % m, (-w) % m
         # Always pad (by zero when aligned) so traced/exported graphs keep dynamic sizes; zero is
         # the image mean after standardisation.
-        x = F.pad(self.norm(x), (0, pw, 0, ph))
-        x = self.inc(x)
+        x = self.inc(F.pad(self.norm(x), (0, (-w) % m, 0, (-h) % m)))
         skips = [x]
         for down in self.downs:
             x = down(F.max_pool2d(x, 2))
             skips.append(x)
         skips.pop()
-        presence = None
-        if self.presence is not None:
-            pooled = torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1)
-            presence = self.presence(pooled)[:, 0]
-        aux_out = []
-        for i, up in enumerate(self.ups):
+        return x, skips
+
+    @staticmethod
+    def pool(bottleneck: torch.Tensor) -> torch.Tensor:
+        """Average- and max-pooled bottleneck features (N x 2C): what the presence head reads."""
+        return torch.cat([bottleneck.mean(dim=(2, 3)), bottleneck.amax(dim=(2, 3))], dim=1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The image-level features a presence head is fitted on (N x 2C)."""
+        return self.pool(self.encode(x)[0])
+
+    def forward(self, x: torch.Tensor) -> SegOutput:
+        h, w = x.shape[-2:]
+        x, skips = self.encode(x)
+        presence = None if self.presence is None else self.presence(self.pool(x))[:, 0]
+        for up in self.ups:
             x = up(x, skips.pop())
-            if self.aux is not None and self.training and i < 2:
-                aux_out.append(self.aux[i](x))
-        logits = self.head(self.head_up(x))[..., :h, :w]
-        seg: torch.Tensor | list[torch.Tensor] = [logits] + aux_out if aux_out else logits
-        return seg if presence is None else (seg, presence)
+        return SegOutput(self.head(self.head_up(x))[..., :h, :w], presence)
 
 
-SegOutput = torch.Tensor | list[torch.Tensor] | tuple
-
-
-def split_output(out: SegOutput) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | None]:
-    """(segmentation logits or deep-supervision list, presence logits or None) of a model output."""
-    if isinstance(out, tuple):
-        return out[0], out[1]
-    return out, None
+def unet_classic(width: int = 64, depth: int = 4, in_channels: int = 1,
+                 stem_stride: Literal[1, 2] = 1, presence_head: bool = False,
+                 norm: Literal["instance", "batch"] = "batch") -> UNet:
+    """The seed's classic U-Net: 64..1024 channels, full-resolution first stage, BatchNorm."""
+    return UNet(width, depth, in_channels, stem_stride, presence_head, norm)
