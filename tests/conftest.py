@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,9 @@ from synth import make_raw_tree
 
 torch.set_num_threads(2)
 
-REAL_BUSI = Path(__file__).resolve().parents[1].parent / "shared" / "busi" / "Dataset_BUSI_with_GT"
+# the shared datasets: $BUSSEG_SHARED, or ../shared beside the repository
+SHARED = Path(os.environ.get("BUSSEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+REAL_BUSI = SHARED / "busi" / "Dataset_BUSI_with_GT"
 
 
 @pytest.fixture(scope="session")
@@ -44,5 +47,5 @@ def tiny_run(prepared, tmp_path_factory) -> Path:
 @pytest.fixture
 def real_busi() -> Path:
     if not REAL_BUSI.is_dir():
-        pytest.skip("real BUSI data not found at ../shared/busi")
+        pytest.skip(f"real BUSI data not found at {REAL_BUSI} (set BUSSEG_SHARED)")
     return REAL_BUSI

@@ -141,10 +141,6 @@ def test_nested_validation_keeps_the_held_out_fold_unseen(prepared, tmp_path):
     assert not (set(used["train"]) | set(used["val"])) & held
     with pytest.raises(ValueError, match="inner validation share"):
         run_cv(cfg, tmp_path / "cv2", k=3, inner_val=0.6)
-    with pytest.raises(ValueError, match="train_on_val does not apply"):
-        run_cv(cfg.model_copy(update={"train_on_val": True, "select": "last"}),
-               tmp_path / "cv3", k=3)
-    assert not (tmp_path / "cv3").exists()
     assert json.loads((tmp_path / "cv" / "folds.json").read_text())["inner_val"] == 0.25
     with pytest.raises(ValueError, match="trained with --inner-val 0.25, not 0.0"):
         run_cv(cfg, tmp_path / "cv", k=3, only=[0])
