@@ -46,7 +46,8 @@ def test_bench_speed_table_prints_readable_headers_and_ratios(capsys):
 
     from bench_speed import print_table
 
-    result = json.loads((Path(__file__).parents[1] / "docs" / "bench_cpu_zen.json").read_text())
+    lab = Path(__file__).parents[1] / "docs" / "lab"
+    result = json.loads((lab / "bench_cpu_zen.json").read_text())
     print_table(result)
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("model "))

@@ -24,7 +24,7 @@ def test_onnx_matches_torch_on_random_input(exported, shape):
     loaded, sess, _ = exported
     x = torch.rand(*shape)
     with torch.no_grad():
-        ref = torch.sigmoid(loaded.net(x)).numpy()
+        ref = torch.sigmoid(loaded.net(x).logits).numpy()
     got = sess.run(None, {"image": x.numpy()})[0]
     assert got.shape == ref.shape
     assert np.abs(got - ref).max() < 1e-4
@@ -34,7 +34,7 @@ def test_onnx_matches_torch_on_real_scan(exported, real_busi):
     loaded, sess, _ = exported
     x = prepare_input(read_pil(real_busi / "malignant" / "malignant (1).png"), loaded.size)
     with torch.no_grad():
-        ref = torch.sigmoid(loaded.net(x)).numpy()
+        ref = torch.sigmoid(loaded.net(x).logits).numpy()
     assert np.abs(sess.run(None, {"image": x.numpy()})[0] - ref).max() < 1e-4
 
 
@@ -56,7 +56,7 @@ def test_safetensors_export_loads_identically(tiny_run, tmp_path):
     a, b = load_model(tiny_run / "unet_final.pt"), load_model(out)
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
-        assert torch.equal(a.net(x), b.net(x))
+        assert torch.equal(a.net(x).logits, b.net(x).logits)
     assert (a.size, a.threshold) == (b.size, b.threshold) and b.name == "m"
     assert (run_dir_of(out) / "val_dice.npy").is_file()
     assert (run_dir_of(out) / "config.yaml").is_file()
@@ -190,6 +190,6 @@ def test_instance_norm_model_exports_and_matches_torch(prepared, tmp_path):
     sess = ort.InferenceSession(str(path))
     x = torch.rand(2, 1, 50, 77)
     with torch.no_grad():
-        ref = torch.sigmoid(loaded.net(x)).numpy()
+        ref = torch.sigmoid(loaded.net(x).logits).numpy()
     got = sess.run(None, {"image": x.numpy()})[0]
     assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4

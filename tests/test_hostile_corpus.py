@@ -1,5 +1,5 @@
 """Hostile and unlucky input, round two: each test reproduces one row of the table in
-docs/reliability.md ("Per-file failures, resuming, limits") and checks what busseg does now."""
+docs/reliability.md ("Hostile and odd inputs") and checks what busseg does now."""
 
 from __future__ import annotations
 

@@ -51,55 +51,72 @@ class ModelConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+def _f(default: Any, text: str, **bounds: Any) -> Any:
+    """A config field with its default, its meaning (docs/reference/config.md) and bounds."""
+    if callable(default):
+        return Field(default_factory=default, description=text, **bounds)
+    return Field(default, description=text, **bounds)
+
+
 class AugmentConfig(_Strict):
     """Batched tensor augmentation; `*_malignant` values apply to malignant images."""
 
-    flip: float = Field(0.5, ge=0.0, le=1.0)
-    rotate_deg: float = Field(15.0, ge=0.0, le=180.0)
-    scale: float = Field(0.15, ge=0.0, lt=1.0)
-    translate: float = Field(0.08, ge=0.0, le=0.5)
-    brightness: float = Field(0.15, ge=0.0, le=1.0)
-    contrast: float = Field(0.2, ge=0.0, lt=1.0)
-    gamma: float = Field(0.25, ge=0.0, lt=1.0)
-    noise: float = Field(0.05, ge=0.0, le=1.0)
-    blur: float = Field(0.2, ge=0.0, le=1.0)
-    ramp: float = Field(0.0, ge=0.0, lt=1.0)  # depth gain ramp (configs/finetune.yaml uses it)
-    p: float = Field(0.8, ge=0.0, le=1.0)
-    p_malignant: float = Field(1.0, ge=0.0, le=1.0)
-    strength_malignant: float = Field(1.3, ge=0.0, le=3.0)
+    flip: float = _f(0.5, "chance of a left-right flip", ge=0.0, le=1.0)
+    rotate_deg: float = _f(15.0, "largest rotation, degrees either way", ge=0.0, le=180.0)
+    scale: float = _f(0.15, "largest zoom in or out, as a fraction", ge=0.0, lt=1.0)
+    translate: float = _f(0.08, "largest shift, as a fraction of the side", ge=0.0, le=0.5)
+    brightness: float = _f(0.15, "largest brightness offset (image in [0, 1])", ge=0.0, le=1.0)
+    contrast: float = _f(0.2, "largest contrast change, as a fraction", ge=0.0, lt=1.0)
+    gamma: float = _f(0.25, "largest log-gamma change", ge=0.0, lt=1.0)
+    noise: float = _f(0.05, "standard deviation of multiplicative (speckle-like) noise",
+                      ge=0.0, le=1.0)
+    blur: float = _f(0.2, "chance of a 3x3 binomial blur", ge=0.0, le=1.0)
+    ramp: float = _f(0.0, "largest gain ramp with depth (as other scanners attenuate); "
+                     "configs/finetune.yaml uses 0.3", ge=0.0, lt=1.0)
+    p: float = _f(0.8, "chance that a benign or normal scan is augmented at all", ge=0.0, le=1.0)
+    p_malignant: float = _f(1.0, "chance that a malignant scan is augmented", ge=0.0, le=1.0)
+    strength_malignant: float = _f(1.3, "factor on every range above for malignant scans",
+                                   ge=0.0, le=3.0)
 
 
 class TrainConfig(_Strict):
     """Everything a training run needs; saved resolved beside the weights. The defaults are the
     recipe of the shipped weights (`configs/busi.yaml` spells them out)."""
 
-    data: str = "data"
-    out: str = "results"
-    size: int = Field(256, ge=16)
-    epochs: int = Field(50, ge=1)
-    batch_size: int = Field(8, ge=1)
-    optimizer: Literal["adam", "adamw"] = "adamw"
-    lr: float = Field(1e-3, ge=0.0, le=1.0)
-    weight_decay: float = Field(1e-4, ge=0.0)
-    schedule: Literal["constant", "cosine"] = "cosine"
-    schedule_epochs: int | None = Field(130, ge=1)  # the cosine's length (None: epochs)
-    warmup_epochs: int = Field(3, ge=0)
-    ema: float = Field(0.995, ge=0.0, lt=1.0)  # 0: no EMA weights
-    select: Literal["best", "last"] = "last"
-    patience: int = Field(20, ge=1)
-    init: str | None = None  # start from weights: 'default' (the shipped model) or a path
-    limit: int = Field(0, ge=0)  # train on this many training scans only (0: all)
-    seed: int = 0
-    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    cuda_graph: bool = True  # one GPU: replay the training forward / backward as CUDA graphs
-    amp: Literal["auto", "fp32", "bf16"] = "auto"
-    compile: bool | Literal["auto"] = "auto"  # torch.compile the training step (busseg.stepcompile)
-    normal_share: float = Field(0.1, ge=0.0, lt=1.0)
-    loss: str = "bce_dice"  # a name in busseg.losses.LOSSES
-    progress: bool = True
-    sync_bn: bool = False
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    data: str = _f("data", "prepared data folder (its train/ and val/ splits)")
+    out: str = _f("results", "run folder: weights, logs, config.yaml")
+    size: int = _f(256, "training and inference side in pixels", ge=16)
+    epochs: int = _f(50, "epochs to train (an epoch: as many draws as training scans)", ge=1)
+    batch_size: int = _f(8, "scans per optimizer step (per process under torchrun)", ge=1)
+    optimizer: Literal["adam", "adamw"] = _f("adamw", "Adam or AdamW (fused)")
+    lr: float = _f(1e-3, "peak learning rate", ge=0.0, le=1.0)
+    weight_decay: float = _f(1e-4, "weight decay (decoupled for AdamW)", ge=0.0)
+    schedule: Literal["constant", "cosine"] = _f("cosine", "learning-rate schedule after the "
+                                                 "warm-up; the cosine ends at 1% of the peak")
+    schedule_epochs: int | None = _f(130, "the cosine's length in epochs (null: epochs); "
+                                     "longer than epochs stops it part-way", ge=1)
+    warmup_epochs: int = _f(3, "linear warm-up epochs", ge=0)
+    ema: float = _f(0.995, "decay of the weights' moving average (0: none)", ge=0.0, lt=1.0)
+    select: Literal["best", "last"] = _f("last", "weights kept: the last (EMA), or the best "
+                                         "epoch by val lesion Dice with early stopping")
+    patience: int = _f(20, "select best: stop after this many epochs without progress", ge=1)
+    init: str | None = _f(None, "start from weights: default (the shipped model) or a path")
+    limit: int = _f(0, "train on this many training scans only (0: all)", ge=0)
+    seed: int = _f(0, "seed of weights, sampling and augmentation")
+    device: str = _f("auto", "auto, cpu, cuda or cuda:N", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
+    cuda_graph: bool = _f(True, "one GPU: replay the training forward and backward as CUDA "
+                          "graphs")
+    amp: Literal["auto", "fp32", "bf16"] = _f("auto", "precision; auto: bf16 where a start-up "
+                                              "probe shows it faster (precision.json)")
+    compile: bool | Literal["auto"] = _f("auto", "torch.compile the training step; auto: where "
+                                         "a start-up probe shows it faster")
+    normal_share: float = _f(0.1, "share of the draws given to normal scans (benign and "
+                             "malignant share the rest equally)", ge=0.0, lt=1.0)
+    loss: str = _f("bce_dice", "a loss registered in busseg.losses.LOSSES")
+    progress: bool = _f(True, "show progress bars")
+    sync_bn: bool = _f(False, "torchrun on GPUs with model norm batch: SyncBatchNorm")
+    model: ModelConfig = _f(ModelConfig, "model name and its constructor's arguments")
+    augment: AugmentConfig = _f(AugmentConfig, "augmentation")
 
     @field_validator("loss")
     @classmethod

@@ -116,12 +116,6 @@ class Reliability:
         gap = np.abs(self.positive[ok] / self.count[ok] - self.prob_sum[ok] / self.count[ok])
         return float((gap * self.count[ok]).sum() / self.count.sum())
 
-    def figure(self):
-        """The reliability diagram (matplotlib)."""
-        from busseg.figures import reliability_figure
-
-        return reliability_figure(self)
-
     def to_dict(self) -> dict:
         """Plain lists (reliability.json); `from_dict` reads them back."""
         return {"edges": self.edges.tolist(), "count": self.count.tolist(),

@@ -18,7 +18,7 @@ from torch import nn
 
 from busseg.data.dataset import TensorSplit
 
-DEFAULT_L2 = 1.0  # the lowest OOF normal FP of 1, 10, 100, 1000 (docs/experiments.md)
+DEFAULT_L2 = 1.0  # the lowest OOF normal FP of 1, 10, 100, 1000 (docs/lab/experiments.md)
 
 
 @torch.inference_mode()

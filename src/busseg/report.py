@@ -24,6 +24,7 @@ from busseg.figures import (
     groups_figure,
     load_history,
     pick_cases,
+    reliability_figure,
     to_data_uri,
 )
 from busseg.imageio import read_mask
@@ -183,7 +184,7 @@ def build_report(run_dir: Path | str | None, data: Path | str, out: Path | str,
         "overview": to_data_uri(data_overview_figure(r.rows, original_sizes(data))),
         "cases": to_data_uri(cases_figure(r.cases())),
         "dice": to_data_uri(dice_distribution_figure(r.rows)),
-        "reliability": to_data_uri(r.reliability.figure()),
+        "reliability": to_data_uri(reliability_figure(r.reliability)),
         "groups": to_data_uri(groups_figure(r.summary["per_group"])),
     }
     page = _html(r.run, r.data, r.summary, r.rows, r.arch, figs, r.reliability.ece())
