@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from busseg.config import TrainConfig
+from busseg.errors import InvalidInput, MissingFile
 from busseg.models import create_model
 from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, read_settings
 
@@ -105,9 +106,9 @@ def _read_pt(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable busseg checkpoint ({exc})") from None
+        raise InvalidInput(f"{path}: not a readable busseg checkpoint ({exc})") from None
     if not isinstance(ckpt, dict) or "model_state" not in ckpt:
-        raise ValueError(f"{path}: not a busseg checkpoint (no model_state)")
+        raise InvalidInput(f"{path}: not a busseg checkpoint (no model_state)")
     return ckpt
 
 
@@ -121,7 +122,7 @@ def _read_safetensors(path: Path) -> tuple[dict, dict]:
             meta = json.loads((fh.metadata() or {}).get("busseg", "{}"))
         return load_file(str(path)), meta
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable safetensors file ({exc})") from None
+        raise InvalidInput(f"{path}: not a readable safetensors file ({exc})") from None
 
 
 def check_finite(state: dict, path: Path | str) -> None:
@@ -129,8 +130,8 @@ def check_finite(state: dict, path: Path | str) -> None:
     for key, value in state.items():
         if torch.is_tensor(value) and value.is_floating_point() and \
                 not torch.isfinite(value).all():
-            raise ValueError(f"{path}: weight {key} holds NaN or infinite values (did the "
-                             "training run diverge?); refusing to segment with it")
+            raise InvalidInput(f"{path}: weight {key} holds NaN or infinite values (did the "
+                               "training run diverge?); refusing to segment with it")
 
 
 def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> LoadedModel:
@@ -138,7 +139,7 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
     path = Path(checkpoint) if checkpoint is not None else DEFAULT_WEIGHTS
     if not path.is_file():
         hint = " (the shipped weights are missing: reinstall busseg)" if checkpoint is None else ""
-        raise FileNotFoundError(f"{path}: checkpoint not found{hint}")
+        raise MissingFile(f"{path}: checkpoint not found{hint}")
     if path.suffix == ".safetensors":
         state, meta = _read_safetensors(path)
     else:
@@ -151,8 +152,8 @@ def load_model(checkpoint: Path | str | None = None, device: str = "cpu") -> Loa
         net.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise ValueError(f"{path}: weights do not fit the model its config describes ({first})"
-                         ) from None
+        raise InvalidInput(f"{path}: weights do not fit the model its config describes ({first})"
+                           ) from None
     net.eval().to(device)
     if device != "cuda":
         net = net.to(memory_format=torch.channels_last)
@@ -165,12 +166,12 @@ def checkpoint_dict(path: Path | str) -> dict:
     metrics, provenance) of `.safetensors` weights."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found")
+        raise MissingFile(f"{path}: checkpoint not found")
     if path.suffix != ".safetensors":
         return _read_pt(path)
     state, meta = _read_safetensors(path)
     if "model" not in meta:
-        raise ValueError(f"{path}: carries no busseg model config")
+        raise InvalidInput(f"{path}: carries no busseg model config")
     return {"model_state": state,
             "config": {"model": meta["model"], "size": meta.get("size", DEFAULTS.size)},
             "epoch": meta.get("epoch"), "metrics": meta.get("metrics", {}),

@@ -9,15 +9,19 @@ import sys
 from pathlib import Path
 
 from busseg import __version__
+from busseg.errors import BussegError, InvalidInput
 from busseg.imageio import DEFAULT_MAX_PIXELS
 
 
 def _prepare(a: argparse.Namespace) -> int:
     from busseg.data.prepare import prepare
 
-    fractions = tuple(float(f) for f in a.fractions.split(","))
+    try:
+        fractions = tuple(float(f) for f in a.fractions.split(","))
+    except ValueError:
+        fractions = ()
     if len(fractions) != 3:
-        raise ValueError(f"--fractions needs three numbers (train,val,test), got {a.fractions!r}")
+        raise InvalidInput(f"--fractions needs three numbers (train,val,test), got {a.fractions!r}")
     report = prepare(a.raw, a.out, size=a.size, seed=a.seed, include_normal=a.include_normal,
                      twin_threshold=a.twin_threshold, overwrite=a.overwrite,
                      fractions=fractions, table_csv=a.table,
@@ -440,9 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (FileNotFoundError, FileExistsError, ValueError, KeyError, RuntimeError) as exc:
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {msg}", file=sys.stderr)
+    except BussegError as exc:  # the user's to fix; anything else is a bug: its traceback shows
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     except ImportError as exc:
         extra = EXTRAS.get((exc.name or "").split(".")[0])

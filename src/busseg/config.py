@@ -20,6 +20,8 @@ from pydantic import (
     model_validator,
 )
 
+from busseg.errors import InvalidInput, MissingFile
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -124,7 +126,7 @@ class TrainConfig(_Strict):
         from busseg.losses import LOSSES
 
         if name not in LOSSES:
-            raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+            raise InvalidInput(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
         return name
 
 
@@ -145,7 +147,7 @@ def from_dict(cls: type[BaseModel], data: dict) -> Any:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise ValueError("; ".join(_message(e) for e in exc.errors())) from None
+        raise InvalidInput("; ".join(_message(e) for e in exc.errors())) from None
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a page of settings, never megabytes
@@ -156,15 +158,15 @@ def load_yaml(text: str, source: object) -> object:
     """YAML with bounds: at most MAX_CONFIG_BYTES of text and MAX_CONFIG_NODES values once
     aliases are expanded (an "anchor bomb" of nested aliases is refused before it is built)."""
     if len(text.encode()) > MAX_CONFIG_BYTES:
-        raise ValueError(f"{source}: over {MAX_CONFIG_BYTES} bytes; not a busseg config")
+        raise InvalidInput(f"{source}: over {MAX_CONFIG_BYTES} bytes; not a busseg config")
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None
         if _expanded_size(node, {}) > MAX_CONFIG_NODES:
-            raise ValueError(f"{source}: expands to over {MAX_CONFIG_NODES} values through "
-                             "YAML aliases; refused")
+            raise InvalidInput(f"{source}: expands to over {MAX_CONFIG_NODES} values through "
+                               "YAML aliases; refused")
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -195,21 +197,21 @@ def resolve_config(
         try:
             data = load_yaml(Path(path).read_text(), path) or {}
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: config file not found") from None
+            raise MissingFile(f"{path}: config file not found") from None
         except yaml.YAMLError as exc:
-            raise ValueError(f"{path}: invalid YAML ({exc})") from None
+            raise InvalidInput(f"{path}: invalid YAML ({exc})") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: config must be a mapping of keys to values")
+            raise InvalidInput(f"{path}: config must be a mapping of keys to values")
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise InvalidInput(f"override {item!r} must look like key=value")
         key, raw = item.split("=", 1)
         node = data
         *parents, leaf = key.strip().split(".")
         for p in parents:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
+                raise InvalidInput(f"override {item!r}: {p!r} is not a section")
         node[leaf] = load_yaml(raw, f"override {item!r}")
     return from_dict(TrainConfig, data)
 

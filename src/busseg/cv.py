@@ -18,6 +18,7 @@ import numpy as np
 from busseg.config import TrainConfig
 from busseg.data.dataset import TensorSplit, list_pairs, load_pairs
 from busseg.data.split import assign_groups
+from busseg.errors import InvalidInput, MissingFile
 from busseg.jsonio import write_json
 from busseg.postprocess import PostprocessSettings, plain_settings
 from busseg.safety import claim
@@ -31,17 +32,17 @@ def read_pool(data: Path | str) -> list[dict]:
     data = Path(data)
     manifest = data / "manifest.csv"
     if not manifest.is_file():
-        raise FileNotFoundError(f"{manifest}: not found (run `busseg prepare` first)")
+        raise MissingFile(f"{manifest}: not found (run `busseg prepare` first)")
     with open(manifest, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["split"] in POOL_SPLITS]
     if not rows:
-        raise ValueError(f"{manifest}: no train or val rows")
+        raise InvalidInput(f"{manifest}: no train or val rows")
     files = {split: {img.stem: (img, mask) for img, mask in list_pairs(data / split)}
              for split in {r["split"] for r in rows}}
     pool = []
     for r in rows:
         if r["name"] not in files[r["split"]]:
-            raise FileNotFoundError(f"{data / r['split'] / 'images'}: no image for {r['name']!r}")
+            raise MissingFile(f"{data / r['split'] / 'images'}: no image for {r['name']!r}")
         img, mask = files[r["split"]][r["name"]]
         pool.append({"name": r["name"], "class": r["class"], "group": r["group"],
                      "image": str(img), "mask": str(mask)})
@@ -51,7 +52,7 @@ def read_pool(data: Path | str) -> list[dict]:
 def assign_folds(pool: list[dict], k: int = 5, seed: int = 0) -> dict[str, int]:
     """Fold index of every pool image: whole groups per fold, per-class balance kept."""
     if k < 2:
-        raise ValueError(f"cross-validation needs at least 2 folds, got {k}")
+        raise InvalidInput(f"cross-validation needs at least 2 folds, got {k}")
     parts = assign_groups([r["class"] for r in pool], [r["group"] for r in pool],
                           (1.0 / k,) * k, seed)
     return {r["name"]: p for r, p in zip(pool, parts)}
@@ -95,10 +96,10 @@ def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed
     if path.is_file():
         old = json.loads(path.read_text())
         if old.get("folds") != folds:
-            raise ValueError(f"{path}: holds a different fold assignment; use a new --out")
+            raise InvalidInput(f"{path}: holds a different fold assignment; use a new --out")
         if old.get("inner_val", inner_val) != inner_val:
-            raise ValueError(f"{path}: its folds were trained with --inner-val "
-                             f"{old['inner_val']}, not {inner_val}; use that or a new --out")
+            raise InvalidInput(f"{path}: its folds were trained with --inner-val "
+                               f"{old['inner_val']}, not {inner_val}; use that or a new --out")
         return
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(doc, indent=1))
@@ -120,7 +121,7 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
     from busseg.train import train
 
     if not 0.0 <= inner_val < 0.5:
-        raise ValueError(f"inner validation share must be in [0, 0.5), got {inner_val}")
+        raise InvalidInput(f"inner validation share must be in [0, 0.5), got {inner_val}")
     if cfg.select == "best" and not inner_val:
         log.warning("warning: select: best picks each fold's epoch on its held-out scans, so the "
                     "out-of-fold figures are optimistic; --set select=last or --inner-val 0.125 "
@@ -133,7 +134,7 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
     images = None  # loaded once, when the first fold needs training
     for fold in only if only is not None else range(k):
         if not 0 <= fold < k:
-            raise ValueError(f"fold {fold} out of range 0-{k - 1}")
+            raise InvalidInput(f"fold {fold} out of range 0-{k - 1}")
         fold_dir = out / f"fold_{fold}"
         if not fold_done(fold_dir):
             fold_cfg = cfg.model_copy(update={"out": str(fold_dir)})
@@ -173,8 +174,8 @@ def predict_pool(forward_of_fold, pool: list[dict], folds: dict[str, int], k: in
                 continue
             gray, truth = load_pair(Path(r["image"]), Path(r["mask"]))
             if truth.shape != (size, size):
-                raise ValueError(f"{r['image']}: {truth.shape} is not the {size}x{size} of the "
-                                 "model; cross-validate on a split prepared at the model size")
+                raise InvalidInput(f"{r['image']}: {truth.shape} is not the {size}x{size} of the "
+                                   "model; cross-validate on a split prepared at the model size")
             truths[i] = truth
             for tta in (False, True):
                 p = predict_maps(forward, [gray], size, tta)[0]
@@ -191,7 +192,7 @@ def load_oof(cv_dir: Path | str) -> dict:
     """The arrays `gather_oof` saved in `CV/oof/predictions.npz`."""
     path = Path(cv_dir) / "oof" / "predictions.npz"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: not found (run `busseg cv` to the end first)")
+        raise MissingFile(f"{path}: not found (run `busseg cv` to the end first)")
     with np.load(path) as z:
         return {key: z[key] for key in z.files}
 
@@ -209,10 +210,10 @@ def gather_oof(cv_dir: Path | str, data: Path | str = "data", device: str = "cpu
     k, folds = doc["k"], doc["folds"]
     missing = [f for f in range(k) if not fold_done(cv_dir / f"fold_{f}")]
     if missing:
-        raise FileNotFoundError(f"{cv_dir}: fold(s) {missing} have not finished training")
+        raise MissingFile(f"{cv_dir}: fold(s) {missing} have not finished training")
     pool = [r for r in read_pool(data) if r["name"] in folds]
     if len(pool) != len(folds):
-        raise ValueError(f"{data}: holds {len(pool)} of the {len(folds)} images in folds.json")
+        raise InvalidInput(f"{data}: holds {len(pool)} of the {len(folds)} images in folds.json")
     claim([cv_dir / "oof"], overwrite)
     first = load_model(cv_dir / "fold_0" / "unet_final.pt", device)
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from busseg.errors import InvalidInput
+
 # type-2 attributes highdicom copies from the source; absent ones are added empty
 TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
          "ReferringPhysicianName", "StudyID", "AccessionNumber")
@@ -35,10 +37,10 @@ def write_dicom_seg(source: Path | str, mask: np.ndarray, out: Path | str,
 
     ds = pydicom.dcmread(source)
     if int(getattr(ds, "NumberOfFrames", 1) or 1) != 1:
-        raise ValueError(f"{source}: DICOM SEG output supports single-frame scans only")
+        raise InvalidInput(f"{source}: DICOM SEG output supports single-frame scans only")
     if mask.shape != (int(ds.Rows), int(ds.Columns)):
-        raise ValueError(f"{source}: mask {mask.shape} does not match the scan's "
-                         f"{(int(ds.Rows), int(ds.Columns))}")
+        raise InvalidInput(f"{source}: mask {mask.shape} does not match the scan's "
+                           f"{(int(ds.Rows), int(ds.Columns))}")
     src = copy.deepcopy(ds)
     for key in TYPE2:
         if key not in src:

@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from busseg.data.dataset import label_of, list_pairs, load_pair
+from busseg.errors import InvalidInput
 from busseg.groups import format_groups, missed_lesions, per_group, read_groups
 from busseg.imageio import ImageReadError, mask_image
 from busseg.inference import Checkpoints, make_forward, predict_maps
@@ -107,7 +108,7 @@ def evaluate(
     out = Path(out)
     pairs = list_pairs(data)  # a bad data folder fails before anything is written
     if group_by and not groups:
-        raise ValueError("--group-by needs --groups FILE.csv")
+        raise InvalidInput("--group-by needs --groups FILE.csv")
     group_values = read_groups(groups, group_by or []) if groups else None
     forward, size, model_settings = make_forward(checkpoint, backend, onnx_path, device)
     settings = chosen_settings(model_settings, plain, threshold, tta, onnx_path)
@@ -132,7 +133,7 @@ def evaluate(
         if on_image is not None:
             on_image(rows[-1], gray, truth, p.prob, pred)
     if not rows:
-        raise ValueError(f"{data}: no image could be evaluated: {'; '.join(errors)}")
+        raise InvalidInput(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)
     summary["per_group"] = per_group(rows, group_values)
     summary.update({"postprocess": settings.to_dict(),

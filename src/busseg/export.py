@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from busseg.checkpoint import LoadedModel, load_model
+from busseg.errors import InvalidInput, MissingFile
 from busseg.provenance import provenance
 from busseg.safety import claim
 
@@ -108,14 +109,14 @@ def read_onnx_metadata(path: Path | str) -> dict | None:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:
-        raise ValueError(f"{path}: not a readable ONNX file ({exc})") from None
+        raise InvalidInput(f"{path}: not a readable ONNX file ({exc})") from None
     props = {p.key: p.value for p in model.metadata_props}
     if "busseg" not in props:
         return None
     try:
         return json.loads(props["busseg"])
     except ValueError:
-        raise ValueError(f"{path}: its busseg metadata is not valid JSON") from None
+        raise InvalidInput(f"{path}: its busseg metadata is not valid JSON") from None
 
 
 def calibration_batches(image_dir: Path | str, size: int, n: int = 64) -> list:
@@ -125,7 +126,7 @@ def calibration_batches(image_dir: Path | str, size: int, n: int = 64) -> list:
 
     files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"{image_dir}: no images to calibrate the int8 model on")
+        raise MissingFile(f"{image_dir}: no images to calibrate the int8 model on")
     step = max(1, len(files) // n)
     return [prepare_input(read_pil(f), size).numpy() for f in files[::step][:n]]
 

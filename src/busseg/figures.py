@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from busseg.data.dataset import CLASS_NAMES, LESION_CLASSES  # noqa: E402
+from busseg.errors import MissingFile
 from busseg.metrics import LOG_KEYS, Reliability  # noqa: E402
 
 CLASS_COLORS = {"benign": "#1f77b4", "malignant": "#d62728", "normal": "#2ca02c",
@@ -29,7 +30,7 @@ def load_history(run_dir: Path | str) -> dict[str, np.ndarray]:
             if path.is_file():
                 out[f"{phase}_{key}"] = np.load(path)
     if not out:
-        raise FileNotFoundError(f"{run_dir}: no training logs (*_loss.npy) found")
+        raise MissingFile(f"{run_dir}: no training logs (*_loss.npy) found")
     return out
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from busseg.errors import InvalidInput, MissingFile
 from busseg.metrics import bootstrap_ci
 
 SIZE_BINS = (("small", 0.0, 0.02), ("medium", 0.02, 0.08), ("large", 0.08, 1.01))
@@ -21,12 +22,12 @@ def read_groups(path: Path | str, columns: list[str]) -> dict[str, dict[str, str
             fields = reader.fieldnames or []
             rows = list(reader)
     except OSError as exc:
-        raise FileNotFoundError(f"{path}: cannot read ({exc.strerror})") from None
+        raise MissingFile(f"{path}: cannot read ({exc.strerror})") from None
     if "name" not in fields:
-        raise ValueError(f"{path}: needs a 'name' column (the image file name without suffix)")
+        raise InvalidInput(f"{path}: needs a 'name' column (the image file name without suffix)")
     missing = [c for c in columns if c not in fields]
     if missing:
-        raise ValueError(f"{path}: no column(s) {', '.join(missing)}; has {', '.join(fields)}")
+        raise InvalidInput(f"{path}: no column(s) {', '.join(missing)}; has {', '.join(fields)}")
     return {c: {r["name"]: r[c] for r in rows} for c in columns}
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from busseg.errors import InvalidInput
+
 REDUCE_TO = 1024  # large JPEGs for segmentation are decoded with their shorter side near this
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm",
                   ".dicom"}  # what every reader, folder walk and upload takes as an image
@@ -21,7 +23,7 @@ DEFAULT_MAX_PIXELS = 40_000_000  # decoded pixels per file (all frames), CLI and
 log = logging.getLogger("busseg.imageio")
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InvalidInput):
     """A file that cannot be read as an image; the message names the file and the reason."""
 
     def __init__(self, path: Path | str, reason: str) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from busseg.checkpoint import LoadedModel, load_model
+from busseg.errors import InvalidInput
 from busseg.postprocess import decide, lesion_score
 from busseg.preprocess import NO_CONTRAST, no_contrast, prepare_input, resize_prob, to_gray01
 
@@ -71,15 +72,15 @@ def check_onnx_finite(onnx_path: Path | str) -> None:
     try:
         model = onnx.load(str(onnx_path))
     except Exception as exc:  # noqa: BLE001 - protobuf raises several types
-        raise ValueError(f"{onnx_path}: not a readable ONNX file ({exc})") from None
+        raise InvalidInput(f"{onnx_path}: not a readable ONNX file ({exc})") from None
     tensors = list(model.graph.initializer) + [
         a.t for node in model.graph.node if node.op_type == "Constant"
         for a in node.attribute if a.HasField("t")]
     for tensor in tensors:
         arr = numpy_helper.to_array(tensor)
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise ValueError(f"{onnx_path}: weight {tensor.name or '(constant)'} holds NaN or "
-                             "infinite values; refusing to segment with it")
+            raise InvalidInput(f"{onnx_path}: weight {tensor.name or '(constant)'} holds NaN or "
+                               "infinite values; refusing to segment with it")
 
 
 def average_forward(forwards: Sequence[Forward]) -> Forward:
@@ -102,7 +103,7 @@ def ensemble_forward(checkpoints: Sequence[Path | str], device: str = "cpu"):
     models = [load_model(c, "cuda" if device == "cuda" else "cpu") for c in checkpoints]
     sizes = {m.size for m in models}
     if len(sizes) > 1:
-        raise ValueError(f"an ensemble needs one input size; these models have {sorted(sizes)}")
+        raise InvalidInput(f"an ensemble needs one input size; these models have {sorted(sizes)}")
     forward = average_forward([torch_forward(m, device) for m in models])
     return forward, models[0].size, models[0].settings
 
@@ -118,11 +119,11 @@ def make_forward(checkpoint: Checkpoints, backend: str = "torch",
     the checkpoint to `export_dir`/model.onnx first. Several checkpoints make an ensemble
     (torch backend only). `threads` > 0 sets ONNX Runtime's threads per run."""
     if backend not in ("torch", "onnx"):
-        raise ValueError(f"unknown backend {backend!r} (torch, onnx)")
+        raise InvalidInput(f"unknown backend {backend!r} (torch, onnx)")
     if isinstance(checkpoint, (list, tuple)):
         if len(checkpoint) > 1:
             if backend != "torch":
-                raise ValueError("an ensemble of several checkpoints runs on the torch backend")
+                raise InvalidInput("an ensemble of several checkpoints runs on the torch backend")
             return ensemble_forward(checkpoint, device)
         checkpoint = checkpoint[0] if checkpoint else None
     if backend == "onnx" and onnx_path is not None:
@@ -140,7 +141,7 @@ def make_forward(checkpoint: Checkpoints, backend: str = "torch",
     from busseg.export import export_onnx
 
     if export_dir is None:
-        raise ValueError("--backend onnx needs --onnx FILE")
+        raise InvalidInput("--backend onnx needs --onnx FILE")
     export_dir.mkdir(parents=True, exist_ok=True)
     path = export_onnx(loaded, export_dir / "model.onnx")
     return onnx_forward(path, threads), loaded.size, loaded.settings

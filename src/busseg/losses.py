@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from busseg.errors import InvalidInput
 from busseg.models.output import SegOutput
 
 Loss = Callable[[SegOutput, torch.Tensor], torch.Tensor]
@@ -44,5 +45,5 @@ LOSSES: dict[str, Loss] = {
 def get_loss(name: str) -> Loss:
     """The loss called `name` in `LOSSES`."""
     if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+        raise InvalidInput(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]

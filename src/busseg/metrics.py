@@ -16,6 +16,8 @@ import warnings
 import numpy as np
 import torch
 
+from busseg.errors import InvalidInput
+
 METRICS = ("dice", "iou", "accuracy", "precision", "recall", "specificity", "hd95")
 LOG_KEYS = ("loss", "acc", "dice")  # per-epoch training logs: {train,val}_{key}.npy
 
@@ -43,7 +45,7 @@ def hd95(pred: np.ndarray, truth: np.ndarray) -> float:
 def confusion(pred: np.ndarray, truth: np.ndarray) -> tuple[int, int, int, int]:
     """(TP, FP, FN, TN) pixel counts of two boolean masks of equal shape."""
     if pred.shape != truth.shape:
-        raise ValueError(f"prediction shape {pred.shape} != mask shape {truth.shape}")
+        raise InvalidInput(f"prediction shape {pred.shape} != mask shape {truth.shape}")
     pred, truth = pred.astype(bool), truth.astype(bool)
     tp = int(np.count_nonzero(pred & truth))
     fp = int(np.count_nonzero(pred & ~truth))

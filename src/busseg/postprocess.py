@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from busseg.errors import InvalidInput
+
 SETTINGS_FILE = "postprocess.json"
 
 
@@ -39,11 +41,12 @@ class PostprocessSettings:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold must be in [0, 1], got {self.threshold}")
+            raise InvalidInput(f"threshold must be in [0, 1], got {self.threshold}")
         if self.presence_threshold is not None and not 0.0 <= self.presence_threshold <= 1.0:
-            raise ValueError(f"presence_threshold must be in [0, 1], got {self.presence_threshold}")
+            raise InvalidInput("presence_threshold must be in [0, 1], got "
+                               f"{self.presence_threshold}")
         if not 0.0 <= self.min_area_frac < 1.0:
-            raise ValueError(f"min_area_frac must be in [0, 1), got {self.min_area_frac}")
+            raise InvalidInput(f"min_area_frac must be in [0, 1), got {self.min_area_frac}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,7 +58,7 @@ class PostprocessSettings:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"unknown post-processing key(s): {', '.join(unknown)}")
+            raise InvalidInput(f"unknown post-processing key(s): {', '.join(unknown)}")
         return cls(**data)
 
     def replace(self, **changes) -> PostprocessSettings:
@@ -76,8 +79,8 @@ def chosen_settings(model: PostprocessSettings | None, plain: bool = False,
     threshold and TTA it was given. A model file without settings (`model` None, `source` names
     it) needs `plain` or a threshold."""
     if model is None and threshold is None and not plain:
-        raise ValueError(f"{source}: the file carries no busseg settings (exported by another "
-                         "tool?); pass --threshold or --plain to use it with plain settings")
+        raise InvalidInput(f"{source}: the file carries no busseg settings (exported by another "
+                           "tool?); pass --threshold or --plain to use it with plain settings")
     base = plain_settings() if plain or model is None else model
     return base.replace(threshold=threshold, tta=tta)
 
@@ -100,7 +103,7 @@ def read_settings(path: Path | str) -> tuple[PostprocessSettings, str | None]:
         owner = data.pop(OWNER_KEY, None) if isinstance(data, dict) else None
         return PostprocessSettings.from_dict(data), owner
     except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as exc:
-        raise ValueError(f"{path}: not valid post-processing settings ({exc})") from None
+        raise InvalidInput(f"{path}: not valid post-processing settings ({exc})") from None
 
 
 def load_settings(path: Path | str) -> PostprocessSettings:

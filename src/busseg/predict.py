@@ -14,6 +14,7 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
+from busseg.errors import InvalidInput
 from busseg.imageio import (
     DEFAULT_MAX_PIXELS,
     IMAGE_SUFFIXES,
@@ -246,10 +247,10 @@ def predict(
     out = Path(out)
     for item in inputs:
         if Path(item).is_dir() and inside(out, item):
-            raise ValueError(f"{out}: output folder lies inside the input folder {item}; "
-                             "choose another --out")
+            raise InvalidInput(f"{out}: output folder lies inside the input folder {item}; "
+                               "choose another --out")
     if any(inside(f, out) for f in files):
-        raise ValueError(f"{out}: output folder holds input files; choose another --out")
+        raise InvalidInput(f"{out}: output folder holds input files; choose another --out")
     model = {"checkpoint": checkpoint, "backend": backend, "onnx_path": onnx_path,
              "device": device, "plain": plain, "threshold": threshold, "tta": tta}
     opts = {"save_prob": save_prob, "overlay": overlay, "dicom_seg": dicom_seg,

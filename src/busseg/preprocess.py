@@ -12,6 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from busseg.errors import InvalidInput
+
 
 def _rgb8_to_gray01(arr: np.ndarray, rows: int = 256) -> np.ndarray:
     """8-bit RGB(A) to gray [0, 1] in row blocks, so a large scan needs one float32 plane of
@@ -37,9 +39,9 @@ def to_gray01(image: np.ndarray) -> np.ndarray:
     elif arr.ndim == 2:
         src_dtype = arr.dtype
     else:
-        raise ValueError(f"expected a 2-D gray or HxWx{{1,3,4}} image, got shape {arr.shape}")
+        raise InvalidInput(f"expected a 2-D gray or HxWx{{1,3,4}} image, got shape {arr.shape}")
     if arr.size == 0:
-        raise ValueError("image is empty")
+        raise InvalidInput("image is empty")
     if src_dtype == np.bool_:
         out = arr.astype(np.float32)
     elif np.issubdtype(src_dtype, np.integer):
@@ -51,7 +53,7 @@ def to_gray01(image: np.ndarray) -> np.ndarray:
     else:
         out = arr.astype(np.float32, copy=False)  # already gray float32: no second copy
         if not np.isfinite(out).all():
-            raise ValueError("image holds NaN or infinite values")
+            raise InvalidInput("image holds NaN or infinite values")
         if out.min() < 0.0 or out.max() > 1.0:
             out = _minmax(out)
     return np.ascontiguousarray(out, dtype=np.float32)

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from busseg.data.dataset import TensorSplit
+from busseg.errors import InvalidInput
 
 DEFAULT_L2 = 1.0  # the lowest OOF normal FP of 1, 10, 100, 1000 (docs/lab/experiments.md)
 
@@ -40,10 +41,10 @@ def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = DEFAULT_L2,
     """Weights and bias of an L2-regularised logistic regression on standardised `x`, both classes
     weighted equally, mapped back to the raw features (so it is one linear layer on them)."""
     if not l2 > 0:
-        raise ValueError(f"the L2 strength must be positive, got {l2}")
+        raise InvalidInput(f"the L2 strength must be positive, got {l2}")
     if not (y == 1).any() or not (y == 0).any():
-        raise ValueError("fitting a lesion score needs lesion and normal scans; "
-                         f"got {int((y == 1).sum())} lesion and {int((y == 0).sum())} normal")
+        raise InvalidInput("fitting a lesion score needs lesion and normal scans; "
+                           f"got {int((y == 1).sum())} lesion and {int((y == 0).sum())} normal")
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     z = (x - mean) / std
     weights = torch.where(y == 1, 0.5 / (y == 1).sum(), 0.5 / (y == 0).sum()).double()
@@ -107,7 +108,8 @@ def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str = "data",
 
     cv_dir, out = Path(cv_dir), Path(out)
     if inside(out, cv_dir) or inside(cv_dir, out):
-        raise ValueError(f"{out}: the fitted folds need a folder of their own, apart from {cv_dir}")
+        raise InvalidInput(f"{out}: the fitted folds need a folder of their own, apart from "
+                           f"{cv_dir}")
     doc = json.loads((cv_dir / "folds.json").read_text())
     claim([out], overwrite)
     pool = [r for r in read_pool(data) if r["name"] in doc["folds"]]
@@ -137,12 +139,13 @@ def fit_presence_head(checkpoint: Path | str, out: Path | str, data: Path | str 
 
     out = Path(out)
     if out.suffix != ".pt":
-        raise ValueError(f"{out}: the fitted model is written as a .pt checkpoint")
+        raise InvalidInput(f"{out}: the fitted model is written as a .pt checkpoint")
     if out.resolve() == Path(checkpoint).resolve():
-        raise ValueError(f"{out}: write the fitted model to a new file, not over {checkpoint}")
+        raise InvalidInput(f"{out}: write the fitted model to a new file, not over {checkpoint}")
     if (out.parent / SETTINGS_FILE).is_file():
-        raise ValueError(f"{out.parent / SETTINGS_FILE}: holds settings chosen for another model, "
-                         "which a .pt in that folder would load; write to a folder of its own")
+        raise InvalidInput(f"{out.parent / SETTINGS_FILE}: holds settings chosen for another "
+                           "model, which a .pt in that folder would load; write to a folder of "
+                           "its own")
     ckpt = checkpoint_dict(checkpoint)
     claim([out], overwrite)
     fitted = fit_head_state(ckpt, load_pool(read_pool(data), ckpt["config"]["size"]), l2)

@@ -15,6 +15,7 @@ import torch
 
 from busseg.checkpoint import DEFAULT_WEIGHTS, LoadedModel, load_model, run_dir_of
 from busseg.data.dataset import list_pairs, load_pair
+from busseg.errors import InvalidInput, MissingFile
 from busseg.evaluate import EVAL_OUTPUTS, evaluate, read_rows
 from busseg.figures import (
     cases_figure,
@@ -94,8 +95,8 @@ def collect_results(run_dir: Path | str | None, data: Path | str,
     history = load_history(run)
     if from_eval is not None:
         if groups or group_by:
-            raise ValueError("--groups applies to a new evaluation; evaluate with --groups and "
-                             "pass its folder to --from-eval instead")
+            raise InvalidInput("--groups applies to a new evaluation; evaluate with --groups and "
+                               "pass its folder to --from-eval instead")
         summary, rows, reliability, thumbs = _reuse_evaluation(Path(from_eval), ckpt, data)
         return RunResults(run, Path(data), summary, rows, history, model_summary(loaded),
                           reliability, thumbs)
@@ -134,17 +135,17 @@ def _reuse_evaluation(folder: Path, ckpt: Path | None, data: Path | str):
     files = {f: folder / f for f in EVAL_OUTPUTS}
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
-        raise FileNotFoundError(f"{folder}: not a complete busseg evaluate folder "
-                                f"(missing {', '.join(missing)}); run busseg evaluate again")
+        raise MissingFile(f"{folder}: not a complete busseg evaluate folder "
+                          f"(missing {', '.join(missing)}); run busseg evaluate again")
     summary = json.loads(files["metrics.json"].read_text())
     wanted = "shipped" if ckpt is None else str(ckpt)
     scored = summary.get("checkpoint", "")
     if summary.get("backend", "torch") != "torch" or not (
             scored == wanted or (ckpt is not None and _same_path(scored, ckpt))):
-        raise ValueError(f"{folder}: it evaluated {scored!r} ({summary.get('backend')}), "
-                         f"not this report's model {wanted!r}")
+        raise InvalidInput(f"{folder}: it evaluated {scored!r} ({summary.get('backend')}), "
+                           f"not this report's model {wanted!r}")
     if not _same_path(summary.get("data", ""), data):
-        raise ValueError(f"{folder}: it evaluated {summary.get('data')!r}, not {str(data)!r}")
+        raise InvalidInput(f"{folder}: it evaluated {summary.get('data')!r}, not {str(data)!r}")
     rows = read_rows(files["per_image.csv"])
     reliability = _read_reliability(folder)
     pairs = {img.stem: (img, mask) for img, mask in list_pairs(data)}

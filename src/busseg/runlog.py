@@ -17,6 +17,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from busseg.errors import InvalidInput
 from busseg.jsonio import clean
 from busseg.safety import OutputExistsError
 
@@ -78,8 +79,8 @@ def read_journal(out: Path) -> Journal | None:
         except (ValueError, KeyError, TypeError, AttributeError):
             if i == len(lines) - 1:
                 break  # written when the run was killed
-            raise ValueError(f"{path}: line {i + 1} is not a busseg journal entry; "
-                             "pass --overwrite to replace this folder's results") from None
+            raise InvalidInput(f"{path}: line {i + 1} is not a busseg journal entry; "
+                               "pass --overwrite to replace this folder's results") from None
     return journal
 
 
@@ -95,7 +96,7 @@ def _apply(journal: Journal, entry: dict) -> None:
         journal.done[str(entry["file"])] = {"rows": list(entry["rows"]),
                                             "outputs": [str(n) for n in entry["outputs"]]}
     elif kind != "error":
-        raise ValueError(kind)
+        raise InvalidInput(kind)
 
 
 class JournalWriter:

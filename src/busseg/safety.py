@@ -11,8 +11,10 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
+from busseg.errors import OutputExists
 
-class OutputExistsError(FileExistsError):
+
+class OutputExistsError(OutputExists):
     """An output of this command already holds earlier results."""
 
 

@@ -18,6 +18,7 @@ from busseg.config import TrainConfig, config_to_dict
 from busseg.data.dataset import TensorSplit, list_pairs, load_pairs, load_split
 from busseg.distributed import DistInfo, cleanup
 from busseg.distributed import setup as dist_setup
+from busseg.errors import Unavailable
 from busseg.metrics import LOG_KEYS
 from busseg.provenance import provenance
 from busseg.safety import claim
@@ -31,7 +32,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA device is available")
+        raise Unavailable("--device cuda asked for, but no CUDA device is available")
     return torch.device(name)
 
 

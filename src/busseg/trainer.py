@@ -36,6 +36,7 @@ from busseg.distributed import (
     barrier,
     broadcast_flag,
 )
+from busseg.errors import InvalidInput, MissingFile
 from busseg.jsonio import write_csv
 from busseg.losses import get_loss
 from busseg.metrics import LOG_KEYS, batch_dice
@@ -160,8 +161,8 @@ def init_weights(model: nn.Module, source: str) -> None:
     try:
         model.load_state_dict(loaded.net.state_dict())
     except RuntimeError as exc:
-        raise ValueError(f"init {source}: its weights do not fit this config's model "
-                         f"({str(exc).splitlines()[0]}); use its model settings") from None
+        raise InvalidInput(f"init {source}: its weights do not fit this config's model "
+                           f"({str(exc).splitlines()[0]}); use its model settings") from None
 
 
 def save_logs(out: Path, history: list[dict]) -> None:
@@ -245,8 +246,8 @@ class Trainer:
         model = model.to(self.device)
         if cfg.sync_bn and self.info.enabled:
             if self.device.type != "cuda":
-                raise ValueError("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no "
-                                 "CPU path)")
+                raise InvalidInput("sync_bn needs CUDA devices (PyTorch's SyncBatchNorm has no "
+                                   "CPU path)")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model.to(memory_format=torch.channels_last)
 
@@ -320,7 +321,7 @@ class Trainer:
     def resume(self) -> None:
         """Continue from `last.pt` (build the trainer with `resume=True`: same precision)."""
         if not self.last_path.is_file():
-            raise FileNotFoundError(f"{self.last_path}: nothing to resume from")
+            raise MissingFile(f"{self.last_path}: nothing to resume from")
         self.load_state_dict(torch.load(self.last_path, map_location="cpu", weights_only=True))
         if self.info.main:
             log.info("resumed from %s at epoch %d", self.last_path, self.state.epoch + 2)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from busseg.errors import InvalidInput, MissingFile
 from busseg.jsonio import write_json
 from busseg.metrics import image_metrics
 from busseg.postprocess import (
@@ -140,9 +141,9 @@ def tune_postprocess(checkpoint: Path | str, val_dir: Path | str | None = None,
     """Choose the settings on `cv_dir`'s OOF predictions (or the checkpoint's on `val_dir`);
     write `postprocess.json` and `tune.json` beside the checkpoint."""
     if (val_dir is None) == (cv_dir is None):
-        raise ValueError("tune needs exactly one of --cv DIR or --data DIR")
+        raise InvalidInput("tune needs exactly one of --cv DIR or --data DIR")
     if not Path(checkpoint).is_file():
-        raise FileNotFoundError(f"{checkpoint}: checkpoint not found")
+        raise MissingFile(f"{checkpoint}: checkpoint not found")
     folder = Path(checkpoint).parent
     if write:
         claim([folder / SETTINGS_FILE, folder / "tune.json"], overwrite)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from busseg.errors import MissingFile
 from busseg.imageio import IMAGE_SUFFIXES, ImageReadError, read_mask, read_pil
 from busseg.preprocess import resize_image, resize_mask, to_gray01
 
@@ -27,7 +28,7 @@ def list_pairs(split_dir: Path | str) -> list[tuple[Path, Path]]:
     img_dir, mask_dir = split_dir / "images", split_dir / "masks"
     for d in (img_dir, mask_dir):
         if not d.is_dir():
-            raise FileNotFoundError(f"{d}: folder not found (expected images/ and masks/)")
+            raise MissingFile(f"{d}: folder not found (expected images/ and masks/)")
     pairs, missing = [], []
     for img in sorted(img_dir.iterdir()):
         if img.suffix.lower() not in IMAGE_SUFFIXES or not img.is_file():
@@ -36,9 +37,9 @@ def list_pairs(split_dir: Path | str) -> list[tuple[Path, Path]]:
         (pairs if mask.is_file() else missing).append((img, mask))
     if missing:
         names = ", ".join(str(m) for _, m in missing[:5])
-        raise FileNotFoundError(f"{len(missing)} image(s) lack a mask, e.g. {names}")
+        raise MissingFile(f"{len(missing)} image(s) lack a mask, e.g. {names}")
     if not pairs:
-        raise FileNotFoundError(f"{img_dir}: no images found")
+        raise MissingFile(f"{img_dir}: no images found")
     return pairs
 
 

@@ -24,6 +24,7 @@ from busseg.data.raw import (
 )
 from busseg.data.split import SPLITS, split_groups
 from busseg.data.twins import DEFAULT_THRESHOLD, group_ids, thumbnail, twin_pairs
+from busseg.errors import InvalidInput, MissingFile
 from busseg.imageio import ImageReadError, mask_image
 from busseg.jsonio import write_csv
 from busseg.preprocess import resize_image, resize_mask, to_gray01
@@ -70,11 +71,11 @@ def read_table(path: Path | str) -> dict[str, dict[str, str]]:
     """Rows of a CSV with a `name` column, by name."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: table not found")
+        raise MissingFile(f"{path}: table not found")
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         if "name" not in (reader.fieldnames or []):
-            raise ValueError(f"{path}: needs a 'name' column (image file name without suffix)")
+            raise InvalidInput(f"{path}: needs a 'name' column (image file name without suffix)")
         return {r["name"]: r for r in reader}
 
 
@@ -127,7 +128,7 @@ def prepare(
     cases, skipped, include_normal = _find(raw, include_normal, normal_without_mask)
     kept, images, masks, thumbs, sizes = _read_cases(cases, size, skipped)
     if not kept:
-        raise ValueError(f"{raw}: no readable image with a mask was found")
+        raise InvalidInput(f"{raw}: no readable image with a mask was found")
     pairs = twin_pairs(np.stack(thumbs), twin_threshold) + table_pairs(
         kept, table, group_column)
     groups = group_ids(len(kept), pairs)
@@ -166,8 +167,8 @@ def _find(raw: Path | str, include_normal: bool,
         classes = LESION_CLASSES + (
             ("normal",) if (Path(raw) / "normal").is_dir() else ())
         if include_normal and "normal" not in classes:
-            raise FileNotFoundError(f"{Path(raw) / 'normal'}: --include-normal given but no "
-                                    "folder")
+            raise MissingFile(f"{Path(raw) / 'normal'}: --include-normal given but no "
+                              "folder")
         cases, missing = find_cases(raw, classes)
     return cases, [f"{p}: image has no mask file" for p in missing], include_normal
 

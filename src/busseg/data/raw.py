@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from busseg.errors import MissingFile
 from busseg.imageio import ImageReadError, read_mask, read_pil
 
 _MASK_RE = re.compile(r"^(?P<stem>.+)_mask(?:_(?P<idx>\d+))?$")
@@ -30,13 +31,13 @@ def find_cases(raw_dir: Path | str, classes: tuple[str, ...]) -> tuple[list[RawC
     """List the cases of `classes` under `raw_dir`; return (cases with masks, images without)."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise FileNotFoundError(f"{raw_dir}: raw BUSI folder not found")
+        raise MissingFile(f"{raw_dir}: raw BUSI folder not found")
     cases: list[RawCase] = []
     missing: list[Path] = []
     for label in classes:
         folder = raw_dir / label
         if not folder.is_dir():
-            raise FileNotFoundError(f"{folder}: class folder '{label}' not found in {raw_dir}")
+            raise MissingFile(f"{folder}: class folder '{label}' not found in {raw_dir}")
         masks: dict[str, list[Path]] = {}
         images: list[Path] = []
         for p in sorted(folder.iterdir()):
@@ -88,7 +89,7 @@ def find_plain_cases(raw_dir: Path | str, normal_without_mask: bool = False
     raw_dir = Path(raw_dir)
     img_dir, mask_dir = raw_dir / "images", raw_dir / "masks"
     if not mask_dir.is_dir() and not normal_without_mask:
-        raise FileNotFoundError(f"{mask_dir}: folder not found (expected images/ and masks/)")
+        raise MissingFile(f"{mask_dir}: folder not found (expected images/ and masks/)")
     masks: dict[str, list[Path]] = {}
     if mask_dir.is_dir():
         for p in sorted(mask_dir.iterdir()):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from collections import Counter, defaultdict
 
+from busseg.errors import InvalidInput
+
 SPLITS = ("train", "val", "test")
 
 
@@ -28,7 +30,7 @@ def assign_groups(
     count, so the per-class proportions come close to `fractions`.
     """
     if abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
-        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}")
+        raise InvalidInput(f"split fractions must be non-negative and sum to 1, got {fractions}")
     members: dict = defaultdict(list)
     for i, g in enumerate(groups):
         members[g].append(i)

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from busseg.errors import InvalidInput
 from busseg.models.output import SegOutput
 from busseg.models.unet import UNet, unet_classic
 
@@ -31,7 +32,7 @@ def model_arguments(name: str, given: dict[str, Any]) -> dict[str, Any]:
     from busseg.models.signature import check_arguments
 
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
+        raise InvalidInput(f"unknown model {name!r}; known: {', '.join(sorted(MODELS))}")
     return check_arguments(name, MODELS[name], given)
 
 

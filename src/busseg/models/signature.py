@@ -10,6 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from busseg.errors import InvalidInput
+
 
 @cache
 def _schema(name: str, ctor: Callable) -> type[BaseModel]:
@@ -41,4 +43,4 @@ def check_arguments(name: str, ctor: Callable, given: dict[str, Any]) -> dict[st
             else:
                 problems.append(f"config key 'model.{key}': {e['msg'].lower()}, "
                                 f"got {e.get('input')!r}")
-        raise ValueError("; ".join(problems)) from None
+        raise InvalidInput("; ".join(problems)) from None

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from busseg.errors import InvalidInput
 from busseg.models.output import SegOutput
 
 
@@ -39,7 +40,7 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
         return nn.BatchNorm2d(channels)
     if kind == "instance":
         return nn.GroupNorm(channels, channels)
-    raise ValueError(f"unknown norm {kind!r}; known: {', '.join(NORMS)}")
+    raise InvalidInput(f"unknown norm {kind!r}; known: {', '.join(NORMS)}")
 
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
@@ -95,8 +96,8 @@ class UNet(nn.Module):
     ) -> None:
         super().__init__()
         if not 1 <= depth <= 6 or width < 1 or stem_stride not in (1, 2) or norm not in NORMS:
-            raise ValueError(f"bad UNet shape: width={width}, depth={depth}, stem={stem_stride}, "
-                             f"norm={norm!r}")
+            raise InvalidInput(f"bad UNet shape: width={width}, depth={depth}, stem={stem_stride}, "
+                               f"norm={norm!r}")
         self.depth, self.stem_stride = depth, stem_stride
         self.norm = Standardize()
         chans = [width * 2**k for k in range(depth + 1)]

@@ -22,6 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from busseg import __version__
 from busseg.checkpoint import load_model
+from busseg.errors import InvalidInput
 from busseg.imageio import (
     DEFAULT_MAX_PIXELS,
     ImageReadError,
@@ -210,8 +211,8 @@ def slot_threads(cfg: ServeConfig) -> int:
     `cfg.concurrency` slots (at least one), so that concurrent inferences do not oversubscribe
     the CPU."""
     if cfg.threads < 0 or cfg.concurrency < 1:
-        raise ValueError(f"threads must be >= 0 and concurrency >= 1 (got {cfg.threads}, "
-                         f"{cfg.concurrency})")
+        raise InvalidInput(f"threads must be >= 0 and concurrency >= 1 (got {cfg.threads}, "
+                           f"{cfg.concurrency})")
     if cfg.threads:
         return cfg.threads
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -231,13 +232,13 @@ def use_slot_threads(cfg: ServeConfig) -> int:
 def load_served(cfg: ServeConfig) -> ServedModel:
     """The configured model: an exported ONNX file (`cfg.onnx`) or PyTorch weights."""
     if cfg.onnx and cfg.checkpoint:
-        raise ValueError("give a checkpoint or an ONNX file to serve, not both")
+        raise InvalidInput("give a checkpoint or an ONNX file to serve, not both")
     if cfg.onnx:
         forward, size, settings = make_forward(None, "onnx", cfg.onnx,
                                                threads=slot_threads(cfg))
         if settings is None:
-            raise ValueError(f"{cfg.onnx}: the file carries no busseg settings; export it "
-                             "with busseg export")
+            raise InvalidInput(f"{cfg.onnx}: the file carries no busseg settings; export it "
+                               "with busseg export")
         return ServedModel(forward, size, settings, Path(cfg.onnx).stem)
     loaded = load_model(cfg.checkpoint)
     return ServedModel(torch_forward(loaded), loaded.size, loaded.settings, loaded.name)
