@@ -7,6 +7,8 @@ import pytest
 import torch
 from synth import make_raw_tree
 
+from busseg.data.prepare import PrepareOptions
+
 torch.set_num_threads(2)
 
 # the shared datasets: $BUSSEG_SHARED, or ../shared beside the repository
@@ -24,7 +26,7 @@ def prepared(raw_tree, tmp_path_factory) -> Path:
     from busseg.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("data")
-    prepare(raw_tree, out, size=64, include_normal=True)
+    prepare(raw_tree, out, PrepareOptions(size=64, include_normal=True))
     return out
 
 

@@ -5,7 +5,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from synth import scan
 
-from busseg.predict import predict
+from busseg.inference import ModelChoice
+from busseg.predict import PredictOptions, predict
 
 US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -32,8 +33,9 @@ def test_dicom_seg_round_trip(tiny_run, tmp_path):
     (tmp_path / "in").mkdir()
     img, _ = scan(9, h=90, w=120)
     src = _us_dicom(tmp_path / "in" / "study.dcm", img)
-    r = predict([str(tmp_path / "in")], tmp_path / "out", tiny_run / "unet_final.pt",
-                threshold=0.3, dicom_seg=True, progress=False)
+    r = predict([str(tmp_path / "in")], tmp_path / "out",
+                ModelChoice(tiny_run / "unet_final.pt", threshold=0.3),
+                PredictOptions(dicom_seg=True), progress=False)
     assert r.errors == []
     seg = pydicom.dcmread(tmp_path / "out" / "study_seg.dcm")
     assert seg.SOPClassUID == SEG_STORAGE
@@ -50,8 +52,9 @@ def test_dicom_seg_round_trip(tiny_run, tmp_path):
 def test_empty_mask_still_gives_a_seg(tiny_run, tmp_path):
     (tmp_path / "in").mkdir()
     _us_dicom(tmp_path / "in" / "blank.dcm", np.full((40, 50), 128, np.uint8))
-    r = predict([str(tmp_path / "in")], tmp_path / "out", tiny_run / "unet_final.pt",
-                threshold=1.0, dicom_seg=True, progress=False)
+    r = predict([str(tmp_path / "in")], tmp_path / "out",
+                ModelChoice(tiny_run / "unet_final.pt", threshold=1.0),
+                PredictOptions(dicom_seg=True), progress=False)
     assert r.errors == []
     seg = pydicom.dcmread(tmp_path / "out" / "blank_seg.dcm")
     assert not seg.pixel_array.any()

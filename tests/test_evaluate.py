@@ -7,6 +7,7 @@ from PIL import Image
 from synth import scan, write_png
 
 from busseg.evaluate import evaluate
+from busseg.inference import ModelChoice
 
 
 def test_evaluate_writes_metrics_csv_and_masks(tiny_run, prepared, tmp_path):
@@ -71,7 +72,8 @@ def test_ensemble_averages_the_models_probabilities(tiny_run, prepared, tmp_path
     assert not np.allclose(singles[0], singles[1], atol=1e-3)
     np.testing.assert_allclose(ens, (singles[0] + singles[1]) / 2, atol=1e-5)
     assert settings == load_model(a).settings
-    s = evaluate([a, b], prepared / "test", tmp_path / "ev", progress=False, plain=True)
+    s = evaluate(ModelChoice([a, b], plain=True), prepared / "test", tmp_path / "ev",
+                 progress=False)
     assert s["checkpoint"] == f"{a} + {b}"
     with pytest.raises(ValueError, match="torch backend"):
         make_forward([a, b], backend="onnx")

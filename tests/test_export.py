@@ -7,6 +7,7 @@ import torch
 from busseg.checkpoint import load_model
 from busseg.export import export_onnx
 from busseg.imageio import read_pil
+from busseg.inference import ModelChoice
 from busseg.predict import predict
 from busseg.preprocess import prepare_input
 
@@ -43,8 +44,9 @@ def test_predict_with_onnx_backend_agrees(tiny_run, exported, tmp_path):
 
     img = write_png(tmp_path / "in" / "a.png", scan(2, h=90, w=130)[0])
     t = predict([str(img)], tmp_path / "t", tiny_run / "unet_final.pt", progress=False)
-    o = predict([str(img)], tmp_path / "o", tiny_run / "unet_final.pt", backend="onnx",
-                onnx_path=exported[2], progress=False)
+    o = predict([str(img)], tmp_path / "o",
+                ModelChoice(tiny_run / "unet_final.pt", backend="onnx", onnx_path=exported[2]),
+                progress=False)
     assert o.errors == [] and o.rows[0]["height"] == 90
     assert abs(t.rows[0]["lesion_area_px"] - o.rows[0]["lesion_area_px"]) <= 2
 
@@ -104,7 +106,7 @@ def test_predict_onnx_uses_the_files_settings(presence_model, tmp_path):
     img = write_png(tmp_path / "in" / "a.png", scan(3, h=70, w=90)[0])
     path = export_onnx(ckpt, tmp_path / "m.onnx")
     # the shipped model's settings must not leak into a file that carries its own
-    r = predict([str(img)], tmp_path / "o", checkpoint=None, backend="onnx", onnx_path=path,
+    r = predict([str(img)], tmp_path / "o", ModelChoice(backend="onnx", onnx_path=path),
                 progress=False)
     assert r.errors == []
     doc = (tmp_path / "o" / "results.json").read_text()
@@ -122,9 +124,10 @@ def test_onnx_without_settings_is_refused_unless_threshold(exported, tmp_path):
 
     img = write_png(tmp_path / "in" / "a.png", scan(4)[0])
     with pytest.raises(ValueError, match="carries no busseg settings"):
-        predict([str(img)], tmp_path / "o", backend="onnx", onnx_path=bare, progress=False)
-    r = predict([str(img)], tmp_path / "o2", backend="onnx", onnx_path=bare, threshold=0.5,
+        predict([str(img)], tmp_path / "o", ModelChoice(backend="onnx", onnx_path=bare),
                 progress=False)
+    r = predict([str(img)], tmp_path / "o2",
+                ModelChoice(threshold=0.5, backend="onnx", onnx_path=bare), progress=False)
     assert r.errors == [] and len(r.rows) == 1
 
 
@@ -165,8 +168,8 @@ def test_evaluate_with_onnx_backend_matches_torch(presence_model, prepared, tmp_
     ckpt, _ = presence_model
     path = export_onnx(ckpt, tmp_path / "m.onnx")
     t = evaluate(ckpt, prepared / "test", tmp_path / "t", progress=False)
-    o = evaluate(None, prepared / "test", tmp_path / "o", progress=False, backend="onnx",
-                 onnx_path=path)
+    o = evaluate(ModelChoice(backend="onnx", onnx_path=path), prepared / "test", tmp_path / "o",
+                 progress=False)
     assert abs(t["dice"] - o["dice"]) < 0.01 and o["backend"] == "onnx"
 
 

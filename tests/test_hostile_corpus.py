@@ -22,7 +22,8 @@ from synth import scan
 
 from busseg.cli import main
 from busseg.imageio import ImageReadError, read_scans
-from busseg.predict import predict
+from busseg.inference import ModelChoice
+from busseg.predict import PredictOptions, predict
 from busseg.runlog import FolderLock
 from busseg.serve.app import SECURITY_HEADERS, ServeConfig, create_app
 from busseg.serve.background import running
@@ -273,7 +274,7 @@ def test_results_json_is_strict(corpus, tiny_run, tmp_path):
 
 def test_constant_images_get_an_empty_mask_and_a_warning(corpus, tiny_run, tmp_path, server):
     r = predict([str(corpus["black"]), str(corpus["white"])], tmp_path / "o",
-                tiny_run / "unet_final.pt", threshold=0.01, progress=False)
+                ModelChoice(tiny_run / "unet_final.pt", threshold=0.01), progress=False)
     for row in r.rows:
         assert row["lesion_area_px"] == 0 and row["lesion_score"] == 0
         assert "no contrast" in row["warning"]
@@ -333,7 +334,7 @@ def test_exif_orientation_is_applied_before_segmenting(corpus, tiny_run, tmp_pat
     assert stored.shape == (120, 90) and pixels.shape == (90, 120)
     np.testing.assert_array_equal(pixels, np.rot90(stored, -1))  # orientation 6: turn right
     r = predict([str(corpus["exif6"])], tmp_path / "o", tiny_run / "unet_final.pt",
-                overlay=True, progress=False)
+                PredictOptions(overlay=True), progress=False)
     assert (r.rows[0]["height"], r.rows[0]["width"]) == (90, 120)
     assert Image.open(tmp_path / "o" / "exif6_mask.png").size == (120, 90)
     assert Image.open(tmp_path / "o" / "exif6_overlay.png").size == (120, 90)
@@ -440,12 +441,12 @@ def test_gif_and_webp_are_images_everywhere(corpus, tiny_run, tmp_path):
                                             ("0,2", ["f000", "f002"])])
 def test_multi_page_tiff_follows_frames(corpus, tiny_run, tmp_path, frames, expect):
     r = predict([str(corpus["tiff3"])], tmp_path / "o", tiny_run / "unet_final.pt",
-                frames=frames, progress=False)
+                PredictOptions(frames=frames), progress=False)
     assert [row["name"] for row in r.rows] == [f"tiff3_{e}" for e in expect]
     assert [row["frame"] for row in r.rows] == [int(e[1:]) for e in expect]
 
 
 def test_out_of_range_frame_is_that_files_error(corpus, tiny_run, tmp_path):
     r = predict([str(corpus["tiff3"]), str(corpus["webp"])], tmp_path / "o",
-                tiny_run / "unet_final.pt", frames="5", progress=False)
+                tiny_run / "unet_final.pt", PredictOptions(frames="5"), progress=False)
     assert any("frame(s) [5] out of range: file has 3 frame(s)" in e for e in r.errors)

@@ -8,7 +8,7 @@ import pytest
 from synth import scan, write_png
 
 from busseg.config import resolve_config
-from busseg.data.prepare import prepare
+from busseg.data.prepare import PrepareOptions, prepare
 from busseg.train import train
 
 
@@ -32,8 +32,9 @@ def own_folder(tmp_path_factory):
 
 def test_plain_folder_with_groups_and_declared_normals(own_folder, tmp_path):
     out = tmp_path / "data"
-    report = prepare(own_folder, out, size=64, table_csv=own_folder / "cases.csv",
-                     group_column="patient", normal_without_mask=True)
+    report = prepare(own_folder, out, PrepareOptions(
+        size=64, table_csv=own_folder / "cases.csv", normal_without_mask=True,
+        group_column="patient"))
     with open(out / "manifest.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 24
@@ -52,7 +53,7 @@ def test_plain_folder_with_groups_and_declared_normals(own_folder, tmp_path):
 
 
 def test_plain_folder_without_the_flag_skips_unmasked(own_folder, tmp_path):
-    report = prepare(own_folder, tmp_path / "d", size=64)
+    report = prepare(own_folder, tmp_path / "d", PrepareOptions(size=64))
     assert sum(sum(c.values()) for c in report.counts.values()) == 20
     assert len(report.skipped) == 4 and "has no mask" in report.skipped[0]
 

@@ -7,7 +7,7 @@ from synth import scan, write_png
 
 from busseg.cli import main
 from busseg.imageio import read_scans
-from busseg.predict import predict
+from busseg.predict import PredictOptions, predict
 
 
 def _dicom(path, frames: int = 1, rgb: bool = False, spacing=(0.1, 0.2)):
@@ -55,8 +55,8 @@ def inputs(tmp_path):
 
 def test_formats_written_at_original_size(tiny_run, inputs, tmp_path):
     out = tmp_path / "out"
-    r = predict([str(inputs)], out, checkpoint=tiny_run / "unet_final.pt", overlay=True,
-                save_prob=True, progress=False)
+    r = predict([str(inputs)], out, tiny_run / "unet_final.pt",
+                PredictOptions(save_prob=True, overlay=True), progress=False)
     assert r.errors == []
     names = {row["name"] for row in r.rows}
     assert {"odd", "rgba", "palette", "sixteen", "scan", "scan_2", "single", "color",
@@ -155,8 +155,8 @@ def test_plain_output_ignores_the_model_settings(tiny_run, inputs, tmp_path):
     save_settings(PostprocessSettings(threshold=0.3, presence_threshold=1.0),
                   run / "postprocess.json")
     src = inputs / "odd.png"
-    ruled = predict([str(src)], tmp_path / "ruled", checkpoint=run / "unet_final.pt",
-                    save_prob=True, progress=False)
+    ruled = predict([str(src)], tmp_path / "ruled", run / "unet_final.pt",
+                    PredictOptions(save_prob=True), progress=False)
     assert main(["predict", str(src), "--out", str(tmp_path / "plain"), "--checkpoint",
                  str(run / "unet_final.pt"), "--plain", "--save-prob"]) == 0
     plain = json.loads((tmp_path / "plain" / "results.json").read_text())

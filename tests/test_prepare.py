@@ -6,7 +6,7 @@ import pytest
 from PIL import Image
 from synth import make_raw_tree, scan, write_png
 
-from busseg.data.prepare import prepare
+from busseg.data.prepare import PrepareOptions, prepare
 from busseg.data.split import split_groups
 from busseg.data.twins import DEFAULT_THRESHOLD, group_ids, thumbnail, twin_pairs
 
@@ -74,7 +74,7 @@ def test_split_proportions_per_class():
 
 
 def test_without_normal_keeps_the_same_lesion_split(raw_tree, prepared, tmp_path):
-    prepare(raw_tree, tmp_path, size=64)
+    prepare(raw_tree, tmp_path, PrepareOptions(size=64))
     rows = _manifest(tmp_path)
     assert {r["class"] for r in rows} == {"benign", "malignant"}
     full = {r["name"]: r["split"] for r in _manifest(prepared)}
@@ -85,7 +85,7 @@ def test_missing_mask_and_unreadable_image_are_skipped(tmp_path):
     raw = make_raw_tree(tmp_path, n_benign=8, n_malignant=4, n_normal=0, twins=0)
     write_png(raw / "benign" / "benign (99).png", scan(99)[0])  # no mask
     (raw / "malignant" / "malignant (4).png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    report = prepare(raw, tmp_path / "out", size=32)
+    report = prepare(raw, tmp_path / "out", PrepareOptions(size=32))
     text = "\n".join(report.skipped)
     assert "benign (99).png: image has no mask" in text
     assert "malignant (4).png" in text and "corrupt" in text
@@ -101,7 +101,7 @@ def test_mask_modes_and_size_mismatch(tmp_path):
     write_png(raw / "benign" / "benign (3)_mask.png", rgba)  # RGBA
     write_png(raw / "benign" / "benign (4).png", np.stack([img] * 3, -1))  # RGB image
     write_png(raw / "malignant" / "malignant (1)_mask.png", m8[:50])  # wrong size
-    report = prepare(raw, tmp_path / "out", size=32)
+    report = prepare(raw, tmp_path / "out", PrepareOptions(size=32))
     assert any("malignant (1)_mask.png" in s and "differs" in s for s in report.skipped)
     out = tmp_path / "out"
     for name in ("benign (2)", "benign (3)", "benign (4)"):
@@ -146,7 +146,7 @@ def test_real_busi_twins(real_busi):
 
 
 def test_size_zero_keeps_original_resolution_and_split(raw_tree, prepared, tmp_path):
-    prepare(raw_tree, tmp_path, size=0, include_normal=True)
+    prepare(raw_tree, tmp_path, PrepareOptions(size=0, include_normal=True))
     rows = _manifest(tmp_path)
     full = {r["name"]: r["split"] for r in _manifest(prepared)}
     assert all(full[r["name"]] == r["split"] for r in rows)

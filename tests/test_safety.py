@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from busseg.cli import main
-from busseg.data.prepare import prepare
+from busseg.data.prepare import PrepareOptions, prepare
 from busseg.safety import OutputExistsError, claim
 
 
@@ -25,10 +25,10 @@ def test_claim_refuses_then_clears(tmp_path):
 
 def test_prepare_twice_refuses_and_overwrite_does_not_mix(raw_tree, tmp_path):
     out = tmp_path / "o"
-    prepare(raw_tree, out, size=32, include_normal=True)
+    prepare(raw_tree, out, PrepareOptions(size=32, include_normal=True))
     with pytest.raises(OutputExistsError, match="splits.json|train"):
-        prepare(raw_tree, out, size=32, seed=1, include_normal=True)
-    prepare(raw_tree, out, size=32, seed=1, include_normal=True, overwrite=True)
+        prepare(raw_tree, out, PrepareOptions(size=32, seed=1, include_normal=True))
+    prepare(raw_tree, out, PrepareOptions(size=32, seed=1, include_normal=True), overwrite=True)
     doc = json.loads((out / "splits.json").read_text())
     for split in ("train", "val", "test"):
         on_disk = sorted(p.stem for p in (out / split / "images").iterdir())

@@ -14,7 +14,7 @@ from busseg.imageio import DEFAULT_MAX_PIXELS
 
 
 def _prepare(a: argparse.Namespace) -> int:
-    from busseg.data.prepare import prepare
+    from busseg.data.prepare import PrepareOptions, prepare
 
     try:
         fractions = tuple(float(f) for f in a.fractions.split(","))
@@ -22,10 +22,11 @@ def _prepare(a: argparse.Namespace) -> int:
         fractions = ()
     if len(fractions) != 3:
         raise InvalidInput(f"--fractions needs three numbers (train,val,test), got {a.fractions!r}")
-    report = prepare(a.raw, a.out, size=a.size, seed=a.seed, include_normal=a.include_normal,
-                     twin_threshold=a.twin_threshold, overwrite=a.overwrite,
-                     fractions=fractions, table_csv=a.table,
-                     normal_without_mask=a.normal_without_mask, group_column=a.group_column)
+    options = PrepareOptions(size=a.size, seed=a.seed, include_normal=a.include_normal,
+                             twin_threshold=a.twin_threshold, fractions=fractions,
+                             table_csv=a.table, normal_without_mask=a.normal_without_mask,
+                             group_column=a.group_column)
+    report = prepare(a.raw, a.out, options, overwrite=a.overwrite)
     print(report.summary())
     print(f"wrote {a.out}/{{train,val,test}}, {a.out}/splits.json, {a.out}/manifest.csv")
     return 0
@@ -77,29 +78,36 @@ def _cv(a: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate(a: argparse.Namespace) -> int:
-    from busseg.evaluate import evaluate, format_summary
+def _model_choice(a: argparse.Namespace):
+    """The model options that evaluate and predict share (`_model_options`)."""
+    from busseg.inference import ModelChoice
 
-    s = evaluate(a.checkpoint, a.data, a.out, threshold=a.threshold, tta=a.tta, device=a.device,
-                 filter_components=not a.no_filter, plain=a.plain, overwrite=a.overwrite,
-                 backend=a.backend, onnx_path=a.onnx, groups=a.groups, group_by=a.group_by)
+    return ModelChoice(checkpoint=a.checkpoint, backend=a.backend, onnx_path=a.onnx,
+                       device=a.device, plain=a.plain, threshold=a.threshold, tta=a.tta)
+
+
+def _evaluate(a: argparse.Namespace) -> int:
+    from busseg.evaluate import EvalOptions, evaluate, format_summary
+
+    options = EvalOptions(filter_components=not a.no_filter, groups=a.groups,
+                          group_by=a.group_by)
+    s = evaluate(_model_choice(a), a.data, a.out, options, overwrite=a.overwrite)
     print(format_summary(s))
     print(f"wrote {a.out}/metrics.json, {a.out}/per_image.csv, {a.out}/test_preds/")
     return 1 if s["errors"] else 0
 
 
 def _predict(a: argparse.Namespace) -> int:
-    from busseg.predict import predict, sample_files
+    from busseg.predict import PredictOptions, predict, sample_files
 
     inputs = list(a.inputs) + (sample_files() if a.samples else [])
     if not inputs:
         print("error: give INPUT files/folders/globs, or --samples", file=sys.stderr)
         return 2
-    r = predict(inputs, a.out, checkpoint=a.checkpoint, threshold=a.threshold, tta=a.tta,
-                save_prob=a.save_prob, overlay=a.overlay, device=a.device,
-                batch_size=a.batch_size, backend=a.backend, onnx_path=a.onnx, frames=a.frames,
-                overwrite=a.overwrite, include_masks=a.include_masks, dicom_seg=a.dicom_seg,
-                plain=a.plain, max_pixels=a.max_pixels)
+    options = PredictOptions(save_prob=a.save_prob, overlay=a.overlay, dicom_seg=a.dicom_seg,
+                             frames=a.frames, max_pixels=a.max_pixels, batch_size=a.batch_size,
+                             include_masks=a.include_masks)
+    r = predict(inputs, a.out, _model_choice(a), options, overwrite=a.overwrite)
     for e in r.errors:
         print(f"error: {e}", file=sys.stderr)
     print(f"segmented {len(r.rows)} image(s) into {a.out} ({len(r.errors)} failed, "
@@ -156,10 +164,11 @@ def _report(a: argparse.Namespace) -> int:
 def _serve(a: argparse.Namespace) -> int:
     from busseg.serve.app import ServeConfig, serve
 
-    serve(a.host, a.port, ServeConfig(a.checkpoint, int(a.max_upload_mb * 2**20), a.max_pixels,
-                                      a.concurrency, a.queue, a.timeout, a.docs,
-                                      a.read_timeout, a.onnx, a.threads),
-          max_connections=a.max_connections)
+    config = ServeConfig(checkpoint=a.checkpoint, onnx=a.onnx,
+                         max_upload_bytes=int(a.max_upload_mb * 2**20), max_pixels=a.max_pixels,
+                         concurrency=a.concurrency, queue=a.queue, timeout_s=a.timeout,
+                         docs=a.docs, read_timeout_s=a.read_timeout, threads=a.threads)
+    serve(a.host, a.port, config, max_connections=a.max_connections)
     return 0
 
 
@@ -203,9 +212,35 @@ COMMON.add_argument("-v", "--verbose", action="store_true",
                     help="also print the libraries' own progress lines and debug details")
 
 
-def _verb(sub, name: str, text: str) -> argparse.ArgumentParser:
+def _model_options(ensemble: bool) -> argparse.ArgumentParser:
+    """The options of every verb that runs a model on scans (evaluate, predict); with
+    `ensemble`, --checkpoint takes several files."""
+    p = argparse.ArgumentParser(add_help=False)
+    if ensemble:
+        p.add_argument("--checkpoint", nargs="+",
+                       help="a .pt or .safetensors file (default: shipped model); several "
+                       "files run their ensemble (mean probability, the first file's settings)")
+    else:
+        p.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
+    p.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="average with the horizontal flip (default: the model's setting)")
+    p.add_argument("--plain", action="store_true",
+                   help="the plain output: threshold 0.5, no TTA, no presence rule or filter")
+    p.add_argument("--backend", choices=("torch", "onnx"), default="torch",
+                   help="torch, or ONNX Runtime (with --onnx FILE, or an export of the model)")
+    p.add_argument("--onnx", help="an exported .onnx file for --backend onnx (its own settings)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    return p
+
+
+MODEL_OPTIONS, ENSEMBLE_OPTIONS = _model_options(False), _model_options(True)
+
+
+def _verb(sub, name: str, text: str, *parents: argparse.ArgumentParser
+          ) -> argparse.ArgumentParser:
     return sub.add_parser(name, help=text, description=text, formatter_class=HelpFormatter,
-                          parents=[COMMON])
+                          parents=[COMMON, *parents])
 
 
 def _add_prepare(sub) -> None:
@@ -279,48 +314,28 @@ def _add_cv(sub) -> None:
 
 
 def _add_evaluate(sub) -> None:
-    s = _verb(sub, "evaluate", "score a model on a folder of images and masks")
-    s.add_argument("--checkpoint", nargs="+",
-                   help="a .pt or .safetensors file (default: shipped model); several files "
-                   "score their ensemble (mean probability, the first file's settings)")
+    s = _verb(sub, "evaluate", "score a model on a folder of images and masks",
+              ENSEMBLE_OPTIONS)
     s.add_argument("--data", default="data/test", help="folder with images/ and masks/")
     s.add_argument("--out", default="results", help="where metrics and predictions go")
-    s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
-    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average with the horizontal flip (default: the model's setting)")
     s.add_argument("--no-filter", action="store_true",
                    help="no presence rule or component filter (keeps threshold and TTA)")
-    s.add_argument("--plain", action="store_true",
-                   help="the plain output: threshold 0.5, no TTA, no presence rule or filter")
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="torch, or onnx with --onnx FILE (default: torch)")
-    s.add_argument("--onnx", help="an exported .onnx file (its own settings are used)")
     s.add_argument("--groups", help="CSV with a 'name' column and columns to group results by")
     s.add_argument("--group-by", action="append", metavar="COLUMN",
                    help="a column of --groups to report results by (repeatable)")
-    s.add_argument("--device", default="cpu", help="cpu or cuda")
     _add_overwrite(s)
     s.set_defaults(func=_evaluate)
 
 
 def _add_predict(sub) -> None:
-    s = _verb(sub, "predict", "segment new scans (PNG, JPEG, BMP, TIFF, DICOM)")
+    s = _verb(sub, "predict", "segment new scans (PNG, JPEG, BMP, TIFF, GIF, WebP, DICOM)",
+              MODEL_OPTIONS)
     s.add_argument("inputs", nargs="*", metavar="INPUT", help="files, folders or globs")
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--samples", action="store_true", help="also segment the shipped samples")
-    s.add_argument("--checkpoint", help="a .pt or .safetensors file (default: shipped model)")
-    s.add_argument("--threshold", type=float, help="probability threshold (default: model's)")
-    s.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="average with the horizontal flip (default: the model's setting)")
-    s.add_argument("--plain", action="store_true",
-                   help="the plain output: threshold 0.5, no TTA, no presence rule or filter")
     s.add_argument("--save-prob", action="store_true", help="also write <stem>_prob.png")
     s.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.png")
-    s.add_argument("--device", default="cpu", help="cpu or cuda")
     s.add_argument("--batch-size", type=int, default=4, help="images per forward pass")
-    s.add_argument("--backend", choices=("torch", "onnx"), default="torch",
-                   help="torch, or ONNX Runtime (with --onnx FILE, or an export of the model)")
-    s.add_argument("--onnx", help="an exported .onnx file for --backend onnx")
     s.add_argument("--frames", default="all",
                    help="frames of a multi-frame DICOM, TIFF, GIF, PNG or WebP: all, first, "
                    "middle or indices like 0,5")

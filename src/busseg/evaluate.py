@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +15,10 @@ from busseg.data.dataset import label_of, list_pairs, load_pair
 from busseg.errors import InvalidInput
 from busseg.groups import format_groups, missed_lesions, per_group, read_groups
 from busseg.imageio import ImageReadError, mask_image
-from busseg.inference import Checkpoints, make_forward, predict_maps
+from busseg.inference import Checkpoints, ModelChoice, predict_maps
 from busseg.jsonio import write_csv, write_json
 from busseg.metrics import METRICS, Reliability, bootstrap_ci, image_metrics, nanmean
-from busseg.postprocess import PostprocessSettings, chosen_settings, decide
+from busseg.postprocess import PostprocessSettings, decide
 from busseg.safety import claim
 
 
@@ -75,51 +76,64 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 EVAL_OUTPUTS = ("metrics.json", "per_image.csv", "reliability.json", "test_preds")
 
 
-def evaluate(
-    checkpoint: Checkpoints,
-    data: Path | str,
-    out: Path | str = "results",
-    threshold: float | None = None,
-    tta: bool | None = None,
-    device: str = "cpu",
-    batch_size: int = 8,
-    progress: bool = True,
-    on_image: Callable[[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
-    | None = None,
-    filter_components: bool = True,
-    plain: bool = False,
-    overwrite: bool = False,
-    backend: str = "torch",
-    onnx_path: Path | str | None = None,
-    groups: Path | str | None = None,
-    group_by: list[str] | None = None,
-) -> dict:
+@dataclass(frozen=True)
+class EvalOptions:
+    """How `evaluate` scores: images per forward pass, whether the presence rule and component
+    filter apply (False keeps only the threshold and TTA), and a table of groups to report by
+    (`groups` CSV, its `group_by` columns)."""
+
+    batch_size: int = 8
+    filter_components: bool = True
+    groups: Path | str | None = None
+    group_by: list[str] | None = None
+
+
+def evaluate(model: ModelChoice | Checkpoints, data: Path | str, out: Path | str = "results",
+             options: EvalOptions | None = None, overwrite: bool = False,
+             progress: bool = True, on_image: OnImage | None = None) -> dict:
     """Score a model on `data/images` + `data/masks`; write metrics.json, per_image.csv, PNGs.
 
-    The summary metrics (`dice`, `iou`, ...) are means over lesion images (all images when the
-    folder holds only normal ones); `per_class` has every class, normal included.
-    `on_image(row, gray, truth, prob, pred)` is called for each scored image. The pixel
-    calibration bins go to reliability.json (the report's reliability diagram).
-    `filter_components=False` drops the presence rule and component filter (keeping the
-    model's threshold and TTA); `plain=True` scores the plain output (threshold 0.5, no TTA,
-    no rules). `threshold` and `tta` override either. A list of checkpoints scores their
-    ensemble (mean probability; the first model's settings).
+    `model` is a `ModelChoice` or just the weights (None: the shipped model; several: their
+    ensemble, mean probability with the first model's settings). The summary metrics (`dice`,
+    `iou`, ...) are means over lesion images (all images when the folder holds only normal
+    ones); `per_class` has every class, normal included. `on_image(row, gray, truth, prob,
+    pred)` is called for each scored image. The pixel calibration bins go to reliability.json
+    (the report's reliability diagram).
     """
-    out = Path(out)
+    model, opts, out = ModelChoice.of(model), options or EvalOptions(), Path(out)
     pairs = list_pairs(data)  # a bad data folder fails before anything is written
-    if group_by and not groups:
+    if opts.group_by and not opts.groups:
         raise InvalidInput("--group-by needs --groups FILE.csv")
-    group_values = read_groups(groups, group_by or []) if groups else None
-    forward, size, model_settings = make_forward(checkpoint, backend, onnx_path, device)
-    settings = chosen_settings(model_settings, plain, threshold, tta, onnx_path)
+    group_values = read_groups(opts.groups, opts.group_by or []) if opts.groups else None
+    forward, size, settings = model.load()
     claim([out / f for f in EVAL_OUTPUTS], overwrite)
-    if not filter_components:
+    if not opts.filter_components:
         settings = PostprocessSettings(threshold=settings.threshold, tta=settings.tta)
-    pred_dir = out / "test_preds"
+    rows, errors, reliability = _score_pairs(pairs, forward, size, settings, opts.batch_size,
+                                             out / "test_preds", progress, on_image)
+    if not rows:
+        raise InvalidInput(f"{data}: no image could be evaluated: {'; '.join(errors)}")
+    summary = summarise(rows)
+    summary["per_group"] = per_group(rows, group_values)
+    summary.update({"postprocess": settings.to_dict(),
+                    "checkpoint": _model_label(model.checkpoint, model.onnx_path
+                                               if model.backend == "onnx" else None),
+                    "backend": model.backend, "data": str(data), "errors": errors})
+    write_json(out / "metrics.json", summary)
+    write_rows(out / "per_image.csv", rows)
+    write_json(out / "reliability.json", reliability.to_dict())
+    return summary
+
+
+OnImage = Callable[[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+
+
+def _score_pairs(pairs, forward, size: int, settings: PostprocessSettings, batch_size: int,
+                 pred_dir: Path, progress: bool, on_image: OnImage | None):
+    """(rows, errors, calibration bins) of every image and mask pair; masks into `pred_dir`."""
     pred_dir.mkdir(parents=True, exist_ok=True)
     rows, errors, reliability = [], [], Reliability()
-    for img_path, mask_path in tqdm(pairs, desc="evaluate", unit="img",
-                                    disable=not progress):
+    for img_path, mask_path in tqdm(pairs, desc="evaluate", unit="img", disable=not progress):
         try:
             gray, truth = load_pair(img_path, mask_path)
         except ImageReadError as exc:
@@ -132,18 +146,7 @@ def evaluate(
         reliability.add(p.prob, truth)
         if on_image is not None:
             on_image(rows[-1], gray, truth, p.prob, pred)
-    if not rows:
-        raise InvalidInput(f"{data}: no image could be evaluated: {'; '.join(errors)}")
-    summary = summarise(rows)
-    summary["per_group"] = per_group(rows, group_values)
-    summary.update({"postprocess": settings.to_dict(),
-                    "checkpoint": _model_label(checkpoint, onnx_path if backend == "onnx"
-                                               else None),
-                    "backend": backend, "data": str(data), "errors": errors})
-    write_json(out / "metrics.json", summary)
-    write_rows(out / "per_image.csv", rows)
-    write_json(out / "reliability.json", reliability.to_dict())
-    return summary
+    return rows, errors, reliability
 
 
 def _model_label(checkpoint: Checkpoints, onnx_path: Path | str | None) -> str:

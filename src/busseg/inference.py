@@ -11,7 +11,7 @@ import torch
 
 from busseg.checkpoint import LoadedModel, load_model
 from busseg.errors import InvalidInput
-from busseg.postprocess import decide, lesion_score
+from busseg.postprocess import chosen_settings, decide, lesion_score
 from busseg.preprocess import NO_CONTRAST, no_contrast, prepare_input, resize_prob, to_gray01
 
 # N x 1 x S x S images in [0, 1] -> (probabilities N x 1 x S x S, lesion scores N or None)
@@ -145,6 +145,40 @@ def make_forward(checkpoint: Checkpoints, backend: str = "torch",
     export_dir.mkdir(parents=True, exist_ok=True)
     path = export_onnx(loaded, export_dir / "model.onnx")
     return onnx_forward(path, threads), loaded.size, loaded.settings
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """Which model segments and how its decision rule is overridden, for every verb that runs
+    one: weights (None: the shipped model; several: their ensemble), backend (`torch` or
+    `onnx` with `onnx_path`), device, and `plain` (threshold 0.5 alone), `threshold`, `tta`."""
+
+    checkpoint: Checkpoints = None
+    backend: str = "torch"
+    onnx_path: Path | str | None = None
+    device: str = "cpu"
+    plain: bool = False
+    threshold: float | None = None
+    tta: bool | None = None
+
+    @classmethod
+    def of(cls, model: ModelChoice | Checkpoints) -> ModelChoice:
+        """`model` itself, or a choice of the given weights with the model's own settings."""
+        return model if isinstance(model, ModelChoice) else cls(checkpoint=model)
+
+    def load(self, export_dir: Path | None = None, threads: int = 0):
+        """(forward, input size, the settings to apply) of this choice."""
+        forward, size, settings = make_forward(self.checkpoint, self.backend, self.onnx_path,
+                                               self.device, export_dir, threads)
+        return forward, size, chosen_settings(settings, self.plain, self.threshold, self.tta,
+                                              self.onnx_path)
+
+    def weights_file(self) -> Path | str | None:
+        """The file that segments: the ONNX file on that backend, else the (first) weights."""
+        if self.backend == "onnx" and self.onnx_path is not None:
+            return self.onnx_path
+        ckpt = self.checkpoint
+        return ckpt[0] if isinstance(ckpt, (list, tuple)) and len(ckpt) == 1 else ckpt
 
 
 def predict_maps(

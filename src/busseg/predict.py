@@ -6,7 +6,7 @@ import glob
 import json
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,9 @@ from busseg.imageio import (
     prob_image,
     read_scans,
 )
-from busseg.inference import make_forward, predict_maps
+from busseg.inference import Checkpoints, ModelChoice, predict_maps
 from busseg.jsonio import write_csv, write_json
-from busseg.postprocess import PostprocessSettings, chosen_settings, decide
+from busseg.postprocess import PostprocessSettings, decide
 from busseg.preprocess import to_gray01
 from busseg.runlog import (
     JOURNAL,
@@ -191,14 +191,18 @@ def unique_name(scan: Scan, used: set[str], reserved: set[str]) -> str:
     return name
 
 
-def _model_id(checkpoint, onnx_path) -> tuple[str, str]:
-    """(name, SHA-256) of the weights file that segments."""
+def _model_id(model: ModelChoice) -> tuple[str, str]:
+    """(name, SHA-256) of the weights file that segments (an ensemble: of its files)."""
+    import hashlib
+
     from busseg.checkpoint import DEFAULT_WEIGHTS
     from busseg.dicomseg import file_sha256
 
-    if isinstance(checkpoint, (list, tuple)):
-        checkpoint = checkpoint[0] if len(checkpoint) == 1 else None
-    path = Path(onnx_path or checkpoint or DEFAULT_WEIGHTS)
+    weights = model.weights_file()
+    if isinstance(weights, (list, tuple)):
+        digest = hashlib.sha256("".join(file_sha256(w) for w in weights).encode()).hexdigest()
+        return "ensemble", digest
+    path = Path(weights or DEFAULT_WEIGHTS)
     return path.stem, file_sha256(path)
 
 
@@ -208,42 +212,41 @@ class _Run:
 
     out: Path
     settings: PostprocessSettings
-    opts: dict
+    opts: PredictOptions
+    model_id: tuple[str, str]
     journal: JournalWriter
     used: set[str] = field(default_factory=set)
     reserved: set[str] = field(default_factory=set)
 
 
-def predict(
-    inputs: list[str],
-    out: Path | str,
-    checkpoint: Path | str | None = None,
-    threshold: float | None = None,
-    tta: bool | None = None,
-    save_prob: bool = False,
-    overlay: bool = False,
-    device: str = "cpu",
-    batch_size: int = 4,
-    backend: str = "torch",
-    onnx_path: Path | str | None = None,
-    frames: str = "all",
-    progress: bool = True,
-    overwrite: bool = False,
-    include_masks: bool = False,
-    dicom_seg: bool = False,
-    plain: bool = False,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-) -> PredictReport:
+@dataclass(frozen=True)
+class PredictOptions:
+    """What `predict` reads and writes besides the masks: the probability map and overlay
+    PNGs, DICOM SEG for DICOM inputs, which frames, the pixel limit, images per forward pass,
+    and whether files named like masks are segmented too."""
+
+    save_prob: bool = False
+    overlay: bool = False
+    dicom_seg: bool = False
+    frames: str = "all"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    batch_size: int = 4
+    include_masks: bool = False
+
+
+def predict(inputs: list[str], out: Path | str, model: ModelChoice | Checkpoints = None,
+            options: PredictOptions | None = None, overwrite: bool = False,
+            progress: bool = True) -> PredictReport:
     """Segment every readable input; one bad file is reported and never stops the others.
-    `plain` gives the plain output (threshold 0.5, no TTA, no presence rule or filter) instead
-    of the model's settings; `threshold` and `tta` override either.
+    `model` is a `ModelChoice` or just the weights (None: the shipped model, its settings).
 
     `out` never lies inside an input folder and an input is never written over. Each scan's
     files and row are recorded as it finishes (results.jsonl, results.csv), so running the
     same command again resumes an interrupted run; `overwrite` first removes exactly what an
     earlier run wrote there. A second run into the same folder at once is refused."""
+    model, opts = ModelChoice.of(model), options or PredictOptions()
     skipped: list[str] = []
-    files, errors = expand_inputs(inputs, skipped, include_masks)
+    files, errors = expand_inputs(inputs, skipped, opts.include_masks)
     out = Path(out)
     for item in inputs:
         if Path(item).is_dir() and inside(out, item):
@@ -251,33 +254,24 @@ def predict(
                                "choose another --out")
     if any(inside(f, out) for f in files):
         raise InvalidInput(f"{out}: output folder holds input files; choose another --out")
-    model = {"checkpoint": checkpoint, "backend": backend, "onnx_path": onnx_path,
-             "device": device, "plain": plain, "threshold": threshold, "tta": tta}
-    opts = {"save_prob": save_prob, "overlay": overlay, "dicom_seg": dicom_seg,
-            "frames": frames, "max_pixels": max_pixels, "batch_size": batch_size}
     out.mkdir(parents=True, exist_ok=True)
     with FolderLock(out):
         report = PredictReport(errors=list(errors), skipped=skipped)
         return _predict_locked(files, out, model, opts, overwrite, report, progress)
 
 
-def _predict_locked(files: list[Path], out: Path, model: dict, opts: dict, overwrite: bool,
-                    report: PredictReport, progress: bool) -> PredictReport:
+def _predict_locked(files: list[Path], out: Path, model: ModelChoice, opts: PredictOptions,
+                    overwrite: bool, report: PredictReport, progress: bool) -> PredictReport:
     prior = _clear_or_resume(out, overwrite)
-    if model["backend"] == "onnx" and model["onnx_path"] is None and prior is not None \
+    if model.backend == "onnx" and model.onnx_path is None and prior is not None \
             and (out / "model.onnx").is_file():
-        model = {**model, "onnx_path": out / "model.onnx"}  # this run's own earlier export
-    forward, size, settings = make_forward(model["checkpoint"], model["backend"],
-                                           model["onnx_path"], model["device"], out)
-    onnx_used = model["onnx_path"] if model["backend"] == "onnx" else None
-    settings = chosen_settings(settings, model["plain"], model["threshold"], model["tta"],
-                               model["onnx_path"])
-    model_id = _model_id(model["checkpoint"], onnx_used)
+        model = replace(model, onnx_path=out / "model.onnx")  # this run's own earlier export
+    forward, size, settings = model.load(export_dir=out)
+    model_id = _model_id(model)
     identity = {"model_sha256": model_id[1], "postprocess": settings.to_dict(),
-                **{k: opts[k] for k in ("save_prob", "overlay", "dicom_seg", "frames")}}
+                **{k: getattr(opts, k) for k in ("save_prob", "overlay", "dicom_seg", "frames")}}
     done = _resumable(out, prior, identity)
-    run = _Run(out, settings, {**opts, "model_id": model_id},
-               JournalWriter(out, identity, fresh=prior is None),
+    run = _Run(out, settings, opts, model_id, JournalWriter(out, identity, fresh=prior is None),
                reserved={f.stem for f in files})
     for s in report.skipped:
         log.info("skipped %s", s)
@@ -334,9 +328,9 @@ def _resumable(out: Path, prior: Journal | None, identity: dict) -> dict[str, di
 def _segment_file(run: _Run, path: Path, forward, size: int, report: PredictReport) -> None:
     """One input file: read, segment, write its scans' files; any failure is this file's."""
     try:
-        scans = read_scans(path, run.opts["frames"], run.opts["max_pixels"])
+        scans = read_scans(path, run.opts.frames, run.opts.max_pixels)
         grays = [to_gray01(s.pixels) for s in scans]
-        preds = predict_maps(forward, grays, size, run.settings.tta, run.opts["batch_size"],
+        preds = predict_maps(forward, grays, size, run.settings.tta, run.opts.batch_size,
                              [s.shape for s in scans])
     except Exception as exc:  # noqa: BLE001 - whatever fails, it is this file's failure
         msg = str(exc) if str(path) in str(exc) else f"{path}: {exc or type(exc).__name__}"
@@ -346,7 +340,7 @@ def _segment_file(run: _Run, path: Path, forward, size: int, report: PredictRepo
         run.journal.write({"kind": "error", "file": str(path), "error": msg})
         return
     names = [unique_name(scan, run.used, run.reserved) for scan in scans]
-    seg = run.opts["dicom_seg"] and is_dicom(path)
+    seg = run.opts.dicom_seg and is_dicom(path)
     planned = [f"{n}{sfx}" for n in names for sfx in _suffixes(run.opts, seg)]
     clash = [p for p in existing(run.out / n for n in planned)]
     if clash:
@@ -364,9 +358,9 @@ def _segment_file(run: _Run, path: Path, forward, size: int, report: PredictRepo
     report.rows.extend(rows)
 
 
-def _suffixes(opts: dict, seg: bool) -> list[str]:
-    return ["_mask.png", *(["_prob.png"] if opts["save_prob"] else []),
-            *(["_overlay.png"] if opts["overlay"] else []), *(["_seg.dcm"] if seg else [])]
+def _suffixes(opts: PredictOptions, seg: bool) -> list[str]:
+    return ["_mask.png", *(["_prob.png"] if opts.save_prob else []),
+            *(["_overlay.png"] if opts.overlay else []), *(["_seg.dcm"] if seg else [])]
 
 
 def _write_scan(run: _Run, path: Path, scan: Scan, gray: np.ndarray, pred, name: str,
@@ -375,17 +369,17 @@ def _write_scan(run: _Run, path: Path, scan: Scan, gray: np.ndarray, pred, name:
     out, written = run.out, [f"{name}_mask.png"]
     prob, mask = pred.prob, decide(pred.prob, pred.score, run.settings)
     mask_image(mask).save(out / f"{name}_mask.png")
-    if run.opts["save_prob"]:
+    if run.opts.save_prob:
         prob_image(prob).save(out / f"{name}_prob.png")
         written.append(f"{name}_prob.png")
-    if run.opts["overlay"]:
+    if run.opts.overlay:
         overlay_image(gray, mask).save(out / f"{name}_overlay.png")
         written.append(f"{name}_overlay.png")
     if seg:
         try:
             from busseg.dicomseg import write_dicom_seg
 
-            write_dicom_seg(path, mask, out / f"{name}_seg.dcm", *run.opts["model_id"])
+            write_dicom_seg(path, mask, out / f"{name}_seg.dcm", *run.model_id)
             written.append(f"{name}_seg.dcm")
         except Exception as exc:  # noqa: BLE001 - the mask stands; the SEG is this file's error
             report.errors.append(f"{path}: no DICOM SEG written ({exc})")

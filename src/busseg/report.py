@@ -16,7 +16,7 @@ import torch
 from busseg.checkpoint import DEFAULT_WEIGHTS, LoadedModel, load_model, run_dir_of
 from busseg.data.dataset import list_pairs, load_pair
 from busseg.errors import InvalidInput, MissingFile
-from busseg.evaluate import EVAL_OUTPUTS, evaluate, read_rows
+from busseg.evaluate import EVAL_OUTPUTS, EvalOptions, evaluate, read_rows
 from busseg.figures import (
     cases_figure,
     curves_figure,
@@ -109,8 +109,8 @@ def collect_results(run_dir: Path | str | None, data: Path | str,
         thumbs[row["name"]] = _thumbs(gray, truth, pred)
 
     with tempfile.TemporaryDirectory() as tmp:
-        summary = evaluate(ckpt, data, tmp, progress=progress, on_image=on_image,
-                           groups=groups, group_by=group_by)
+        summary = evaluate(ckpt, data, tmp, EvalOptions(groups=groups, group_by=group_by),
+                           progress=progress, on_image=on_image)
         reliability = _read_reliability(Path(tmp))  # evaluate's own calibration bins
     return RunResults(run, Path(data), summary, rows, history, model_summary(loaded),
                       reliability, thumbs)

@@ -100,29 +100,39 @@ def prepared_outputs(out: Path | str) -> list[Path]:
     return [out / s for s in SPLITS] + [out / "splits.json", out / "manifest.csv"]
 
 
-def prepare(
-    raw: Path | str,
-    out: Path | str,
-    size: int = 256,
-    seed: int = 0,
-    include_normal: bool = False,
-    twin_threshold: float = DEFAULT_THRESHOLD,
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-    overwrite: bool = False,
-    table_csv: Path | str | None = None,
-    normal_without_mask: bool = False,
-    group_column: str = "group",
-) -> PrepareReport:
+@dataclass(frozen=True)
+class PrepareOptions:
+    """How `prepare` splits: output side (0 keeps original sizes), split seed, normal scans,
+    near-duplicate threshold, train/val/test fractions, the case table and its group column,
+    and whether an image without a mask file is a normal scan."""
+
+    size: int = 256
+    seed: int = 0
+    include_normal: bool = False
+    twin_threshold: float = DEFAULT_THRESHOLD
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    table_csv: Path | str | None = None
+    normal_without_mask: bool = False
+    group_column: str = "group"
+
+
+def prepare(raw: Path | str, out: Path | str, options: PrepareOptions | None = None,
+            overwrite: bool = False) -> PrepareReport:
     """Read the raw BUSI tree, group near-duplicates, split by group, write images and masks.
 
-    `size` is the side of the square output; 0 keeps every image at its original resolution
-    (for scoring at original size with `busseg evaluate`); the split does not depend on it.
-    An earlier split in `out` is refused unless `overwrite` (which removes it first).
+    `options.size` is the side of the square output; 0 keeps every image at its original
+    resolution (for scoring at original size with `busseg evaluate`); the split does not depend
+    on it. An earlier split in `out` is refused unless `overwrite` (which removes it first).
 
     `raw` is BUSI's layout (`benign/`, `malignant/`, `normal/`) or a plain labelled folder
-    (`images/` + `masks/<stem>_mask.png`); `table_csv` (columns `name`, optional `group` and
-    any others) keeps each group in one split and its columns in the manifest.
+    (`images/` + `masks/<stem>_mask.png`); `options.table_csv` (columns `name`, optional
+    `group` and any others) keeps each group in one split and its columns in the manifest.
     """
+    o = options or PrepareOptions()
+    size, seed, include_normal = o.size, o.seed, o.include_normal
+    twin_threshold, fractions = o.twin_threshold, o.fractions
+    table_csv, normal_without_mask, group_column = o.table_csv, o.normal_without_mask, \
+        o.group_column
     claim(prepared_outputs(out), overwrite)
     table = read_table(table_csv) if table_csv else {}
     cases, skipped, include_normal = _find(raw, include_normal, normal_without_mask)

@@ -281,15 +281,51 @@ class Segmenter:
                              warning=pred.warning, **lesion_stats(mask, prob, spacing))
 
 
+async def _read_upload(request: Request, file: UploadFile, limit: int) -> tuple[bytes, str]:
+    """The upload's bytes (413 past `limit`, 400 when empty) and its bare file name."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit + 64 * 1024:
+        raise HTTPException(413, f"upload over the {limit}-byte limit")
+    data = await file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"upload over the {limit}-byte limit")
+    if not data:
+        raise HTTPException(400, "empty upload")
+    return data, Path(file.filename or "upload").name
+
+
+class Slots:
+    """At most `concurrency` inferences at once (pictures over LARGE_PIXELS by their header at
+    most concurrency - 1, so ordinary scans keep one), at most `queue` more waiting (then
+    503), each within `timeout_s` (then 503)."""
+
+    def __init__(self, cfg: ServeConfig, run_model: Segmenter) -> None:
+        self.cfg, self.run_model, self.waiting = cfg, run_model, 0
+        self.gate = asyncio.Semaphore(cfg.concurrency)
+        self.large_gate = asyncio.Semaphore(max(1, cfg.concurrency - 1))
+
+    async def run(self, data: bytes, name: str, *args):
+        cfg = self.cfg
+        if self.waiting >= cfg.queue + cfg.concurrency:
+            raise HTTPException(503, "busy: too many requests waiting; retry shortly")
+        self.waiting += 1
+        try:
+            big = header_pixels(data) > LARGE_PIXELS
+            async with self.large_gate if big else contextlib.nullcontext(), self.gate:
+                return await asyncio.wait_for(
+                    run_in_threadpool(self.run_model, data, name, *args), cfg.timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(503, f"{name}: took longer than {cfg.timeout_s:.0f} s") from None
+        finally:
+            self.waiting -= 1
+
+
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     """Build the app; the model is loaded once, here."""
     cfg = config or ServeConfig()
     model = load_served(cfg)
     threads = slot_threads(cfg)
-    run_model = Segmenter(model, cfg.max_pixels)
-    gate = asyncio.Semaphore(cfg.concurrency)
-    large_gate = asyncio.Semaphore(max(1, cfg.concurrency - 1))
-    waiting = {"n": 0}
+    slots = Slots(cfg, Segmenter(model, cfg.max_pixels))
     app = FastAPI(title="busseg", version=__version__,
                   description="Breast-ultrasound lesion segmentation (research use only).",
                   docs_url="/docs" if cfg.docs else None,
@@ -315,7 +351,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         **errors, 200: {"content": {"image/png": {}}, "description": "JSON, or a PNG"}})
     async def segment(
         request: Request,
-        file: Annotated[UploadFile, File(description="PNG, JPEG, BMP, TIFF or DICOM scan")],
+        file: Annotated[UploadFile, File(
+            description="PNG, JPEG, BMP, TIFF, GIF, WebP or DICOM scan")],
         threshold: Annotated[float | None, Query(
             ge=0.0, le=1.0, description="probability threshold (model's default); "
             "also accepted as a form field")] = None,
@@ -336,29 +373,8 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         threshold = _one_of("threshold", threshold, threshold_form)
         output = _one_of("output", output, output_form) or Output.json
         plain = bool(_one_of("plain", plain, plain_form))
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cfg.max_upload_bytes + 64 * 1024:
-            raise HTTPException(413, f"upload over the {cfg.max_upload_bytes}-byte limit")
-        data = await file.read(cfg.max_upload_bytes + 1)
-        if len(data) > cfg.max_upload_bytes:
-            raise HTTPException(413, f"upload over the {cfg.max_upload_bytes}-byte limit")
-        if not data:
-            raise HTTPException(400, "empty upload")
-        name = Path(file.filename or "upload").name
-        if waiting["n"] >= cfg.queue + cfg.concurrency:
-            raise HTTPException(503, "busy: too many requests waiting; retry shortly")
-        waiting["n"] += 1
-        try:
-            # large pictures take at most concurrency - 1 slots, so ordinary scans keep one
-            big = header_pixels(data) > LARGE_PIXELS
-            async with large_gate if big else contextlib.nullcontext(), gate:
-                return await asyncio.wait_for(
-                    run_in_threadpool(run_model, data, name, threshold, output, plain),
-                    cfg.timeout_s)
-        except asyncio.TimeoutError:
-            raise HTTPException(503, f"{name}: took longer than {cfg.timeout_s:.0f} s") from None
-        finally:
-            waiting["n"] -= 1
+        data, name = await _read_upload(request, file, cfg.max_upload_bytes)
+        return await slots.run(data, name, threshold, output, plain)
 
     return app
 
