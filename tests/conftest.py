@@ -47,6 +47,12 @@ def tiny_run(prepared, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def shared() -> Path:
+    """The shared datasets' folder (BUSSEG_SHARED, default ../shared); may not exist."""
+    return SHARED
+
+
+@pytest.fixture
 def real_busi() -> Path:
     if not REAL_BUSI.is_dir():
         pytest.skip(f"real BUSI data not found at {REAL_BUSI} (set BUSSEG_SHARED)")

@@ -12,6 +12,7 @@ from torch import nn
 
 from busseg.config import TrainConfig
 from busseg.errors import InvalidInput, MissingFile
+from busseg.jsonio import clean
 from busseg.models import create_model
 from busseg.postprocess import SETTINGS_FILE, PostprocessSettings, read_settings
 
@@ -210,7 +211,7 @@ def export_safetensors(checkpoint: Path | str, out: Path | str, name: str | None
             **({"presence_fit": ckpt["presence_fit"]} if "presence_fit" in ckpt else {}),
             **(extra or {})}
     state = {k: v.contiguous() for k, v in ckpt["model_state"].items()}
-    save_file(state, str(out), metadata={"busseg": json.dumps(meta)})
+    save_file(state, str(out), metadata={"busseg": json.dumps(clean(meta), allow_nan=False)})
     logs = run_dir_of(out)
     logs.mkdir(parents=True, exist_ok=True)
     for pattern in RUN_FILES:

@@ -11,6 +11,7 @@ from pathlib import Path
 from busseg import __version__
 from busseg.errors import BussegError, InvalidInput
 from busseg.imageio import DEFAULT_MAX_PIXELS
+from busseg.jsonio import clean
 
 
 def _prepare(a: argparse.Namespace) -> int:
@@ -57,7 +58,7 @@ def _train(a: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     summary = train(cfg, resume=a.resume, overwrite=a.overwrite)
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(clean(summary), indent=1, allow_nan=False))
     return 0
 
 

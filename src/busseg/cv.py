@@ -102,7 +102,7 @@ def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed
                                f"{old['inner_val']}, not {inner_val}; use that or a new --out")
         return
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=1))
+    write_json(path, doc)
 
 
 def fold_done(fold_dir: Path) -> bool:

@@ -11,6 +11,7 @@ from torch import nn
 
 from busseg.checkpoint import LoadedModel, load_model
 from busseg.errors import InvalidInput, MissingFile
+from busseg.jsonio import clean
 from busseg.provenance import provenance
 from busseg.safety import claim
 
@@ -85,7 +86,7 @@ def export_onnx(model: LoadedModel | str | Path | None, out: Path | str, opset: 
 
     graph = onnx.load(str(out))
     entry = graph.metadata_props.add()
-    entry.key, entry.value = "busseg", json.dumps(onnx_metadata(loaded))
+    entry.key, entry.value = "busseg", json.dumps(clean(onnx_metadata(loaded)), allow_nan=False)
     onnx.save(graph, str(out))
     return out
 

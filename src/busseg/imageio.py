@@ -70,7 +70,8 @@ def is_dicom(path: Path) -> bool:
 
 def read_pil(path: Path | str, data: bytes | None = None,
              max_pixels: int | None = None) -> np.ndarray:
-    """Read a raster image with Pillow as gray (2-D) or RGB/RGBA (3-D) array, dtype kept.
+    """Read a raster image with Pillow as gray (2-D) or RGB (3-D) array, dtype kept
+    (transparency composited onto black).
 
     `data` reads these bytes instead of the file (`path` then only names it in errors);
     `max_pixels` refuses larger images before decoding them.
@@ -100,17 +101,32 @@ def read_pil_scans(path: Path | str, frames: str = "all", data: bytes | None = N
 
 
 def _pil_array(im: Image.Image, orientation: int) -> np.ndarray:
-    """One loaded frame as gray (2-D) or RGB/RGBA (3-D), dtype kept, turned as the EXIF
-    `orientation` says (a copy only when it is not 1)."""
+    """One loaded frame as gray (2-D) or RGB (3-D), dtype kept, turned as the EXIF
+    `orientation` says (a copy only when it is not 1). Transparency is composited onto black,
+    as a viewer shows the image: a transparent pixel's hidden colour never reaches the model."""
     if orientation not in (0, 1):
         im = ImageOps.exif_transpose(im)
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    elif im.mode in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
-        im = im.convert("L") if im.mode == "LA" else im
-    else:
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB")
+    elif im.mode not in ("1", "L", "LA", "RGB", "RGBA", "I;16", "I;16B", "I;16L", "I", "F"):
         im = im.convert("RGB")
-    return np.array(im)
+    arr = np.array(im)
+    if im.mode in ("LA", "RGBA"):
+        arr = composite_on_black(arr)
+    return arr
+
+
+def composite_on_black(arr: np.ndarray) -> np.ndarray:
+    """An 8-bit gray+alpha or RGBA array composited onto black (alpha removed), in row blocks
+    so a large scan needs no float copy of itself."""
+    out = np.empty(arr.shape[:2] + ((arr.shape[-1] - 1,) if arr.shape[-1] > 2 else ()),
+                   np.uint8)
+    for r in range(0, arr.shape[0], 256):
+        block = arr[r:r + 256].astype(np.uint16)
+        alpha = block[..., -1:]
+        mixed = (block[..., :-1] * alpha + 127) // 255
+        out[r:r + 256] = mixed[..., 0] if out.ndim == 2 else mixed
+    return out
 
 
 def _decode_pil(path: Path, data: bytes | None, max_pixels: int | None,
@@ -154,10 +170,11 @@ def _decode_pil(path: Path, data: bytes | None, max_pixels: int | None,
 
 
 def read_mask(path: Path | str) -> np.ndarray:
-    """Read a mask file (1-bit, gray, RGB or RGBA): any non-zero pixel is lesion."""
+    """Read a mask file (1-bit, gray, RGB or RGBA, transparency composited onto black): any
+    non-zero pixel is lesion."""
     arr = read_pil(path)
     if arr.ndim == 3:
-        arr = arr[..., :3].max(axis=-1) if arr.shape[-1] == 4 else arr.max(axis=-1)
+        arr = arr.max(axis=-1)
     return arr > 0
 
 

@@ -27,12 +27,21 @@ def _rgb8_to_gray01(arr: np.ndarray, rows: int = 256) -> np.ndarray:
 
 
 def to_gray01(image: np.ndarray) -> np.ndarray:
-    """Return a 2-D float32 image in [0, 1] from gray, RGB, RGBA, bool, integer or float input."""
+    """Return a 2-D float32 image in [0, 1] from gray, RGB, RGBA, bool, integer or float input
+    (RGBA composited onto black first, as a viewer shows it)."""
     arr = np.asarray(image)
+    if arr.ndim == 3 and arr.shape[-1] == 4 and arr.dtype == np.uint8 and arr.size:
+        from busseg.imageio import composite_on_black
+
+        arr = composite_on_black(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.dtype == np.uint8 and arr.size:
         return _rgb8_to_gray01(arr)
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-        arr = arr[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+        alpha = 1.0
+        if arr.shape[-1] == 4:  # float or 16-bit RGBA: alpha on the array's own scale
+            top = 1.0 if np.issubdtype(arr.dtype, np.floating) else np.iinfo(arr.dtype).max
+            alpha = arr[..., 3:].astype(np.float64) / top
+        arr = (arr[..., :3].astype(np.float64) * alpha) @ np.array([0.299, 0.587, 0.114])
         src_dtype = np.asarray(image).dtype
     elif arr.ndim == 3 and arr.shape[-1] == 1:
         arr, src_dtype = arr[..., 0], arr.dtype

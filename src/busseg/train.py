@@ -19,6 +19,7 @@ from busseg.data.dataset import TensorSplit, list_pairs, load_pairs, load_split
 from busseg.distributed import DistInfo, cleanup
 from busseg.distributed import setup as dist_setup
 from busseg.errors import Unavailable
+from busseg.jsonio import write_json
 from busseg.metrics import LOG_KEYS
 from busseg.provenance import provenance
 from busseg.safety import claim
@@ -83,7 +84,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, device: torch.device,
         trainer.resume()
     summary = trainer.run()
     if info.main:
-        (Path(cfg.out) / "train_summary.json").write_text(json.dumps(summary, indent=1))
+        write_json(Path(cfg.out) / "train_summary.json", summary)
     return summary
 
 

@@ -37,7 +37,7 @@ from busseg.distributed import (
     broadcast_flag,
 )
 from busseg.errors import InvalidInput, MissingFile
-from busseg.jsonio import write_csv
+from busseg.jsonio import write_csv, write_json
 from busseg.losses import get_loss
 from busseg.metrics import LOG_KEYS, batch_dice
 from busseg.precision import autocast, choose_precision
@@ -236,7 +236,7 @@ class Trainer:
         self.saved_at = time.time()  # when `last.pt` was last written
         self.step_net, self.precision["compile"] = self._choose_compile(resume)
         if info.main:
-            (self.out / "precision.json").write_text(json.dumps(self.precision, indent=1))
+            write_json(self.out / "precision.json", self.precision)
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -26,7 +25,7 @@ from busseg.data.split import SPLITS, split_groups
 from busseg.data.twins import DEFAULT_THRESHOLD, group_ids, thumbnail, twin_pairs
 from busseg.errors import InvalidInput, MissingFile
 from busseg.imageio import ImageReadError, mask_image
-from busseg.jsonio import write_csv
+from busseg.jsonio import write_csv, write_json
 from busseg.preprocess import resize_image, resize_mask, to_gray01
 from busseg.safety import claim
 
@@ -161,7 +160,7 @@ def prepare(raw: Path | str, out: Path | str, options: PrepareOptions | None = N
         "cross_class_groups": report.cross_class_groups, "skipped": skipped,
         **{s: sorted(c.name for c, sp in zip(kept, splits) if sp == s) for s in SPLITS},
     }
-    (out / "splits.json").write_text(json.dumps(splits_doc, indent=1))
+    write_json(out / "splits.json", splits_doc)
     return report
 
 
