@@ -78,3 +78,37 @@ def test_init_and_limit(tiny_run, prepared, tmp_path):
                                 f"init={tiny_run / 'unet_final.pt'}"])
     with pytest.raises(ValueError, match="do not fit"):
         train(bad)
+
+
+def test_classes_come_from_the_tables_pathology_column(tmp_path, tiny_run):
+    """A plain folder whose table has `pathology`: the manifest, the split's class balance, the
+    sampler's labels and evaluate's per-class results use it, not the file names."""
+    from busseg.data.dataset import load_split
+    from busseg.evaluate import evaluate, read_rows
+
+    raw = tmp_path / "raw"
+    rows = []
+    for i in range(30):
+        pathology = ("benign", "malignant", "normal")[i % 3]
+        img, mask = scan(700 + i, h=70, w=80, lesion=pathology != "normal")
+        write_png(raw / "images" / f"scan{i:02d}.png", img)
+        write_png(raw / "masks" / f"scan{i:02d}_mask.png", mask.astype(np.uint8) * 255)
+        rows.append({"name": f"scan{i:02d}", "case": f"c{i}", "pathology": pathology})
+    with open(raw / "cases.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    truth = {r["name"]: r["pathology"] for r in rows}
+    out = tmp_path / "data"
+    report = prepare(raw, out, PrepareOptions(size=64, table_csv=raw / "cases.csv",
+                                              group_column="case"))
+    with open(out / "manifest.csv", newline="") as fh:
+        manifest = {r["name"]: r["class"] for r in csv.DictReader(fh)}
+    assert manifest == truth
+    assert all(report.counts[s].get(c, 0) >= 1 for s in ("train", "val", "test")
+               for c in ("benign", "malignant", "normal"))  # the split kept each class
+    train = load_split(out / "train", 64)
+    assert train.labels == [truth[n] for n in train.names]
+    evaluate(tiny_run / "unet_final.pt", out / "test", tmp_path / "ev", progress=False)
+    scored = read_rows(tmp_path / "ev" / "per_image.csv")
+    assert all(r["class"] == truth[r["name"]] for r in scored)

@@ -60,7 +60,8 @@ def assign_folds(pool: list[dict], k: int = 5, seed: int = 0) -> dict[str, int]:
 
 def load_pool(pool: list[dict], size: int) -> TensorSplit:
     """Every pool image in memory at `size`, in pool order."""
-    return load_pairs([(Path(r["image"]), Path(r["mask"])) for r in pool], size)
+    return load_pairs([(Path(r["image"]), Path(r["mask"])) for r in pool], size,
+                      {r["name"]: r["class"] for r in pool})
 
 
 def fold_splits(images: TensorSplit, folds: dict[str, int],

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from busseg.data.dataset import label_of, list_pairs, load_pair
+from busseg.data.dataset import label_of, list_pairs, load_pair, manifest_classes
 from busseg.errors import InvalidInput
 from busseg.groups import format_groups, missed_lesions, per_group, read_groups
 from busseg.imageio import ImageReadError, mask_image
@@ -44,9 +44,12 @@ def summarise(rows: list[dict]) -> dict:
     return summary
 
 
-def score_image(name: str, truth: np.ndarray, pred: np.ndarray, score: float | None) -> dict:
-    """One per-image row: class, sizes, areas, lesion score and every metric."""
-    return {"name": name, "class": label_of(name, bool(truth.any())), "height": truth.shape[0],
+def score_image(name: str, truth: np.ndarray, pred: np.ndarray, score: float | None,
+                label: str | None = None) -> dict:
+    """One per-image row: class (`label`, else read from a BUSI-style name), sizes, areas,
+    lesion score and every metric."""
+    return {"name": name, "class": label or label_of(name, bool(truth.any())),
+            "height": truth.shape[0],
             "width": truth.shape[1], "true_area": int(truth.sum()), "pred_area": int(pred.sum()),
             "lesion_score": score, **image_metrics(pred, truth)}
 
@@ -110,7 +113,8 @@ def evaluate(model: ModelChoice | Checkpoints, data: Path | str, out: Path | str
     if not opts.filter_components:
         settings = PostprocessSettings(threshold=settings.threshold, tta=settings.tta)
     rows, errors, reliability = _score_pairs(pairs, forward, size, settings, opts.batch_size,
-                                             out / "test_preds", progress, on_image)
+                                             out / "test_preds", progress, on_image,
+                                             manifest_classes(data))
     if not rows:
         raise InvalidInput(f"{data}: no image could be evaluated: {'; '.join(errors)}")
     summary = summarise(rows)
@@ -129,8 +133,10 @@ OnImage = Callable[[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def _score_pairs(pairs, forward, size: int, settings: PostprocessSettings, batch_size: int,
-                 pred_dir: Path, progress: bool, on_image: OnImage | None):
-    """(rows, errors, calibration bins) of every image and mask pair; masks into `pred_dir`."""
+                 pred_dir: Path, progress: bool, on_image: OnImage | None,
+                 classes: dict[str, str] | None = None):
+    """(rows, errors, calibration bins) of every image and mask pair (classes by name from
+    `classes`); masks into `pred_dir`."""
     pred_dir.mkdir(parents=True, exist_ok=True)
     rows, errors, reliability = [], [], Reliability()
     for img_path, mask_path in tqdm(pairs, desc="evaluate", unit="img", disable=not progress):
@@ -142,7 +148,8 @@ def _score_pairs(pairs, forward, size: int, settings: PostprocessSettings, batch
         p = predict_maps(forward, [gray], size, settings.tta, batch_size)[0]
         pred = decide(p.prob, p.score, settings)
         mask_image(pred).save(pred_dir / f"{img_path.stem}_pred.png")
-        rows.append(score_image(img_path.stem, truth, pred, p.score))
+        rows.append(score_image(img_path.stem, truth, pred, p.score,
+                                (classes or {}).get(img_path.stem)))
         reliability.add(p.prob, truth)
         if on_image is not None:
             on_image(rows[-1], gray, truth, p.prob, pred)

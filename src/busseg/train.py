@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from busseg.config import TrainConfig, config_to_dict
-from busseg.data.dataset import TensorSplit, list_pairs, load_pairs, load_split
+from busseg.data.dataset import TensorSplit, load_split
 from busseg.distributed import DistInfo, cleanup
 from busseg.distributed import setup as dist_setup
 from busseg.errors import Unavailable
@@ -100,7 +100,7 @@ def _load_data(cfg: TrainConfig, info: DistInfo, device: torch.device,
     config.yaml, splits.json (a copy) and split_used.json."""
     out, data, t_load = Path(cfg.out), Path(cfg.data), time.time()
     if splits is None:
-        train_set = load_pairs(list_pairs(data / "train"), cfg.size)
+        train_set = load_split(data / "train", cfg.size)
         val_set = load_split(data / "val", cfg.size)
     else:
         train_set, val_set = splits

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,13 +84,26 @@ class TensorSplit:
         return x, y
 
 
+def manifest_classes(split_dir: Path | str) -> dict[str, str]:
+    """Each scan's class by name from the `manifest.csv` that `busseg prepare` wrote beside a
+    split folder (empty when there is none)."""
+    manifest = Path(split_dir).parent / "manifest.csv"
+    if not manifest.is_file():
+        return {}
+    with open(manifest, newline="") as fh:
+        return {r["name"]: r["class"] for r in csv.DictReader(fh) if r.get("class")}
+
+
 def load_split(split_dir: Path | str, size: int) -> TensorSplit:
-    """Read every pair of a split folder, resized to size x size, into uint8 tensors."""
-    return load_pairs(list_pairs(split_dir), size)
+    """Read every pair of a split folder, resized to size x size, into uint8 tensors; classes
+    from the data folder's manifest."""
+    return load_pairs(list_pairs(split_dir), size, manifest_classes(split_dir))
 
 
-def load_pairs(pairs: list[tuple[Path, Path]], size: int) -> TensorSplit:
-    """Read (image, mask) pairs, resized to size x size, into uint8 tensors."""
+def load_pairs(pairs: list[tuple[Path, Path]], size: int,
+               classes: dict[str, str] | None = None) -> TensorSplit:
+    """Read (image, mask) pairs, resized to size x size, into uint8 tensors. A scan's class is
+    `classes[name]` (the manifest's), else read from a BUSI-style name."""
     n = len(pairs)
     images = torch.empty(n, 1, size, size, dtype=torch.uint8)
     masks = torch.empty(n, 1, size, size, dtype=torch.uint8)
@@ -98,7 +112,8 @@ def load_pairs(pairs: list[tuple[Path, Path]], size: int) -> TensorSplit:
         images[i, 0] = (resize_image(gray, (size, size)).clamp(0, 1) * 255 + 0.5).to(torch.uint8)
         masks[i, 0] = resize_mask(m, (size, size)).to(torch.uint8)
     names = [img.stem for img, _ in pairs]
-    labels = [label_of(n, bool(masks[i].any())) for i, n in enumerate(names)]
+    classes = classes or {}
+    labels = [classes.get(n) or label_of(n, bool(masks[i].any())) for i, n in enumerate(names)]
     return TensorSplit(images, masks, names, labels)
 
 

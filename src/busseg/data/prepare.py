@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +78,23 @@ def read_table(path: Path | str) -> dict[str, dict[str, str]]:
         return {r["name"]: r for r in reader}
 
 
+TABLE_CLASS_COLUMNS = ("pathology", "class")  # where a case table gives benign / malignant
+
+
+def table_classes(cases: list[RawCase], table: dict[str, dict[str, str]]) -> list[RawCase]:
+    """Cases of a plain folder with their class from the table's `pathology` (or `class`)
+    column where it says benign, malignant or normal (the sampler, the split's class balance
+    and results per class then use it); BUSI's own class folders are kept."""
+    out = []
+    for case in cases:
+        row = table.get(case.name, {})
+        value = next((row[c].strip().lower() for c in TABLE_CLASS_COLUMNS if row.get(c)), "")
+        if value in ("benign", "malignant", "normal") and case.label in ("lesion", "normal"):
+            case = replace(case, label=value)
+        out.append(case)
+    return out
+
+
 def table_pairs(cases: list[RawCase], table: dict[str, dict[str, str]],
                 column: str = "group") -> list[tuple[int, int]]:
     """Index pairs joining the cases that share a value of `column` in the table."""
@@ -135,6 +152,7 @@ def prepare(raw: Path | str, out: Path | str, options: PrepareOptions | None = N
     claim(prepared_outputs(out), overwrite)
     table = read_table(table_csv) if table_csv else {}
     cases, skipped, include_normal = _find(raw, include_normal, normal_without_mask)
+    cases = table_classes(cases, table)
     kept, images, masks, thumbs, sizes = _read_cases(cases, size, skipped)
     if not kept:
         raise InvalidInput(f"{raw}: no readable image with a mask was found")
