@@ -175,9 +175,10 @@ def peak_rss_mb() -> float:
 
 
 def measure(name: str, shape: tuple[str, ...], dtype, device, args, sync, roofs: dict,
-            graph: bool = False, compiled: bool = False) -> dict:
-    """Every figure of one model in one precision (training as CUDA graphs when `graph`, its
-    step through `torch.compile` when `compiled`; inference stays eager)."""
+            variant: str = "") -> dict:
+    """Every figure of one model in one precision (`variant` "graph": training as CUDA
+    graphs, "compiled": its step through `torch.compile`; inference stays eager)."""
+    graph, compiled = variant == "graph", variant == "compiled"
     cuda = device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -238,9 +239,9 @@ def main() -> None:
     if bf16:
         rows.append(measure("default", (), torch.bfloat16, device, args, sync, roofs))
     if cuda:
-        rows.append(measure("default", (), chosen, device, args, sync, roofs, graph=True))
+        rows.append(measure("default", (), chosen, device, args, sync, roofs, "graph"))
     else:  # what `compile: auto` weighs on a CPU: the training step through torch.compile
-        rows.append(measure("default", (), chosen, device, args, sync, roofs, compiled=True))
+        rows.append(measure("default", (), chosen, device, args, sync, roofs, "compiled"))
     rows.append(measure("classic", CLASSIC, None, device, args, sync, roofs))
     res["rows"] = rows
     if not cuda:
