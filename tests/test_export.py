@@ -196,3 +196,13 @@ def test_instance_norm_model_exports_and_matches_torch(prepared, tmp_path):
         ref = torch.sigmoid(loaded.net(x).logits).numpy()
     got = sess.run(None, {"image": x.numpy()})[0]
     assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
+
+
+def test_int8_export_without_a_calibration_folder_is_one_line(tiny_run, tmp_path, capsys):
+    from busseg.cli import main
+
+    assert main(["export", "--checkpoint", str(tiny_run / "unet_final.pt"), "--int8",
+                 "--calibration", str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "m.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "missing: calibration folder not found" in err and "Traceback" not in err

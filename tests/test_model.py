@@ -54,8 +54,10 @@ def test_model_arguments_are_checked_against_the_constructor():
         resolve_config(None, ["model.width=wide"])
     with pytest.raises(ValueError, match="takes no argument 'colour'"):
         resolve_config(None, ["model.colour=1"])
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="refuses these arguments.*depth=0"):
         create_model("unet", depth=0)
+    with pytest.raises(ValueError, match="refuses these arguments.*width=0"):
+        resolve_config(None, ["model.width=0"])  # the constructor's own checks, at load
     cfg = resolve_config(None, ["model.name=unet_classic", "model.width=4"])
     assert cfg.model.arguments["width"] == 4 and cfg.model.arguments["norm"] == "batch"
 

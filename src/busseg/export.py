@@ -125,6 +125,9 @@ def calibration_batches(image_dir: Path | str, size: int, n: int = 64) -> list:
     from busseg.imageio import IMAGE_SUFFIXES, read_pil
     from busseg.preprocess import prepare_input
 
+    if not Path(image_dir).is_dir():
+        raise MissingFile(f"{image_dir}: calibration folder not found (--calibration DIR, "
+                          "default data/train/images)")
     files = sorted(p for p in Path(image_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise MissingFile(f"{image_dir}: no images to calibrate the int8 model on")

@@ -29,9 +29,11 @@ def _schema(name: str, ctor: Callable) -> type[BaseModel]:
 
 
 def check_arguments(name: str, ctor: Callable, given: dict[str, Any]) -> dict[str, Any]:
-    """`given` validated against `ctor`'s signature, completed with its defaults."""
+    """`given` validated against `ctor`'s signature, completed with its defaults, and the
+    model built once on PyTorch's meta device (no memory, no weights) so that the
+    constructor's own checks of the values run too."""
     try:
-        return _schema(name, ctor).model_validate(given).model_dump()
+        args = _schema(name, ctor).model_validate(given).model_dump()
     except ValidationError as exc:
         known = ", ".join(_schema(name, ctor).model_fields)
         problems = []
@@ -44,3 +46,16 @@ def check_arguments(name: str, ctor: Callable, given: dict[str, Any]) -> dict[st
                 problems.append(f"config key 'model.{key}': {e['msg'].lower()}, "
                                 f"got {e.get('input')!r}")
         raise InvalidInput("; ".join(problems)) from None
+    _build_on_meta(name, ctor, args)
+    return args
+
+
+def _build_on_meta(name: str, ctor: Callable, args: dict[str, Any]) -> None:
+    import torch
+
+    try:
+        with torch.device("meta"):
+            ctor(**args)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput(f"config key 'model': model {name!r} refuses these arguments "
+                           f"({exc})") from None
