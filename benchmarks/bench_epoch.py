@@ -48,7 +48,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="busseg_bench_epoch_") as tmp:
         for compiled in (False, True):
             cfg = resolve_config(CONFIG, [f"data={args.data}", f"out={tmp}/{compiled}",
-                                          "progress=false", f"compile={str(compiled).lower()}",
+                                          f"compile={str(compiled).lower()}",
                                           *args.overrides])
             if train_set is None:
                 train_set = load_split(Path(cfg.data) / "train", cfg.size)

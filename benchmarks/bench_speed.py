@@ -115,8 +115,8 @@ def bench_trainer(device: torch.device, batch: int, dtype, graph: bool = False,
     tmp = tempfile.TemporaryDirectory(prefix="busseg_bench_")
     out = tmp.name
     cfg = resolve_config(CONFIG, [f"out={out}", f"batch_size={batch}", f"amp={amp}",
-                                  f"device={device}", f"cuda_graph={graph}", "progress=false",
-                                  "compile=false", *overrides])
+                                  f"device={device}", f"cuda_graph={graph}", "compile=false",
+                                  *overrides])
     n = batch * steps
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 1, cfg.size, cfg.size), dtype=torch.uint8, generator=gen)

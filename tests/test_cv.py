@@ -40,7 +40,7 @@ def cv_run(prepared, tmp_path_factory):
     cfg = resolve_config(None, [
         f"data={prepared}", "size=64", "epochs=2", "batch_size=4", "lr=0.003", "select=last",
         "model.width=4", "model.depth=2", "model.stem_stride=1", "model.presence_head=true",
-        "progress=false", "normal_share=0.2", "amp=fp32",
+        "normal_share=0.2", "amp=fp32",
     ])
     summaries = run_cv(cfg, out, k=3)
     return out, summaries
@@ -61,8 +61,8 @@ def test_cv_trains_every_fold_on_its_own_split(cv_run, prepared):
 def test_cv_rerun_skips_finished_folds(cv_run, prepared):
     out, summaries = cv_run
     mtime = (out / "fold_1" / "unet_final.pt").stat().st_mtime_ns
-    cfg = resolve_config(None, [f"data={prepared}", "size=64", "epochs=2", "progress=false",
-                                "model.width=4", "model.depth=2", "model.stem_stride=1",
+    cfg = resolve_config(None, [f"data={prepared}", "size=64", "epochs=2", "model.width=4",
+                                "model.depth=2", "model.stem_stride=1",
                                 "model.presence_head=true"])
     again = run_cv(cfg, out, k=3, only=[1])
     assert (out / "fold_1" / "unet_final.pt").stat().st_mtime_ns == mtime
@@ -134,7 +134,7 @@ def test_nested_validation_keeps_the_held_out_fold_unseen(prepared, tmp_path):
     assert not {group[n] for n in train_part.names} & {group[n] for n in inner.names}
     cfg = resolve_config(None, [
         f"data={prepared}", "size=64", "epochs=1", "batch_size=4", "model.width=4",
-        "model.depth=2", "model.stem_stride=1", "progress=false", "amp=fp32"])
+        "model.depth=2", "model.stem_stride=1", "amp=fp32"])
     run_cv(cfg, tmp_path / "cv", k=3, only=[0], inner_val=0.25)
     used = json.loads((tmp_path / "cv" / "fold_0" / "split_used.json").read_text())
     assert sorted(used["val"]) == sorted(inner.names)

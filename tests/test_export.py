@@ -74,8 +74,7 @@ def presence_model(prepared, tmp_path_factory):
     out = tmp_path_factory.mktemp("presence")
     train(resolve_config(None, [
         f"data={prepared}", f"out={out}", "size=64", "epochs=1", "batch_size=4",
-        "model.width=4", "model.depth=2", "model.presence_head=true", "progress=false",
-        "amp=fp32"]))
+        "model.width=4", "model.depth=2", "model.presence_head=true", "amp=fp32"]))
     settings = PostprocessSettings(threshold=0.35, tta=True, presence_threshold=0.2,
                                    min_area_frac=0.001)
     save_settings(settings, out / "postprocess.json")
@@ -181,7 +180,7 @@ def test_instance_norm_model_exports_and_matches_torch(prepared, tmp_path):
 
     train(resolve_config(None, [
         f"data={prepared}", f"out={tmp_path / 'run'}", "size=64", "epochs=1", "batch_size=4",
-        "model.width=4", "model.depth=2", "model.norm=instance", "progress=false", "amp=fp32"]))
+        "model.width=4", "model.depth=2", "model.norm=instance", "amp=fp32"]))
     loaded = load_model(tmp_path / "run" / "unet_final.pt")
     norms = sum(isinstance(m, torch.nn.GroupNorm) for m in loaded.net.modules())
     assert norms > 0

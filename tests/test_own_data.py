@@ -63,7 +63,7 @@ def test_init_and_limit(tiny_run, prepared, tmp_path):
 
     cfg = resolve_config(None, [
         f"data={prepared}", f"out={tmp_path / 'ft'}", "size=64", "epochs=1", "batch_size=4",
-        "lr=0.0", "model.width=4", "model.depth=2", "model.stem_stride=1", "progress=false",
+        "lr=0.0", "model.width=4", "model.depth=2", "model.stem_stride=1",
         f"init={tiny_run / 'unet_final.pt'}", "limit=5", "amp=fp32"])
     train(cfg)
     used = json.loads((tmp_path / "ft" / "split_used.json").read_text())
@@ -74,8 +74,7 @@ def test_init_and_limit(tiny_run, prepared, tmp_path):
     conv = next(k for k in start if k.endswith("weight") and start[k].dim() == 4)
     assert torch.equal(start[conv], after[conv])
     bad = resolve_config(None, [f"data={prepared}", f"out={tmp_path / 'bad'}", "size=64",
-                                "epochs=1", "model.width=8", "progress=false",
-                                f"init={tiny_run / 'unet_final.pt'}"])
+                                "epochs=1", "model.width=8", f"init={tiny_run / 'unet_final.pt'}"])
     with pytest.raises(ValueError, match="do not fit"):
         train(bad)
 

@@ -50,7 +50,7 @@ def test_a_resumed_run_keeps_its_precision(prepared, tmp_path):
     from busseg.train import train
 
     base = [f"data={prepared}", f"out={tmp_path}", "size=32", "batch_size=4",
-            "model.width=4", "model.depth=2", "progress=false"]
+            "model.width=4", "model.depth=2"]
     train(resolve_config(None, base + ["epochs=1", "amp=bf16"]))
     summary = train(resolve_config(None, base + ["epochs=2", "amp=auto"]), resume=True)
     recorded = json.loads((tmp_path / "precision.json").read_text())

@@ -52,7 +52,7 @@ def test_a_new_model_and_loss_train_and_segment(registered, prepared, tmp_path):
 
     cfg = resolve_config(None, [
         f"data={prepared}", f"out={tmp_path}", "size=64", "epochs=1", "batch_size=4",
-        "model.name=tiny", "model.width=3", "loss=bce_only", "progress=false", "amp=fp32",
+        "model.name=tiny", "model.width=3", "loss=bce_only", "amp=fp32",
         "compile=false"])
     summary = train(cfg)
     assert summary["epochs_run"] == 1 and 0 <= summary["best_val_dice"] <= 1

@@ -82,7 +82,7 @@ def test_a_compiled_run_saves_plain_weights_and_resumes_compiled(prepared, tmp_p
 
     out = tmp_path / "run"
     base = [f"data={prepared}", f"out={out}", "size=32", "batch_size=4", "model.width=2",
-            "model.depth=1", "model.stem_stride=1", "progress=false", "amp=fp32"]
+            "model.depth=1", "model.stem_stride=1", "amp=fp32"]
     train(resolve_config(None, base + ["epochs=1", "compile=true"]))
     record = json.loads((out / "precision.json").read_text())
     assert record["precision"] == "fp32"

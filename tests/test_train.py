@@ -241,7 +241,7 @@ def test_last_checkpoint_is_timed_and_always_written_at_the_end(prepared, tmp_pa
 
     monkeypatch.setattr(trainer, "save_checkpoint", recording)
     base = [f"data={prepared}", "size=64", "epochs=3", "batch_size=4", "model.width=4",
-            "model.depth=2", "model.stem_stride=1", "progress=false", "amp=fp32"]
+            "model.depth=2", "model.stem_stride=1", "amp=fp32"]
     for every, expected in ((1e9, [2]), (0.0, [0, 1, 2])):
         saved.clear()
         monkeypatch.setattr(trainer, "LAST_EVERY_S", every)

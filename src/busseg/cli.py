@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -42,8 +43,8 @@ def _train_config(a: argparse.Namespace):
         value = getattr(a, key, None)
         if value is not None:
             overrides.append(f"{key}={value}")
-    if a.no_progress:
-        overrides.append("progress=false")
+    if a.no_progress:  # tqdm's own switch; without it bars show on a terminal only
+        os.environ["TQDM_DISABLE"] = "1"
     return resolve_config(a.config, overrides)
 
 

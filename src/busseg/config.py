@@ -115,7 +115,6 @@ class TrainConfig(_Strict):
     normal_share: float = _f(0.1, "share of the draws given to normal scans (benign and "
                              "malignant share the rest equally)", ge=0.0, lt=1.0)
     loss: str = _f("bce_dice", "a loss registered in busseg.losses.LOSSES")
-    progress: bool = _f(True, "show progress bars")
     sync_bn: bool = _f(False, "torchrun on GPUs with model norm batch: SyncBatchNorm")
     model: ModelConfig = _f(ModelConfig, "model name and its constructor's arguments")
     augment: AugmentConfig = _f(AugmentConfig, "augmentation")

@@ -335,7 +335,7 @@ class Trainer:
         sums = torch.zeros(3, device=self.device)  # loss, accuracy, Dice: no sync per step
         side = cfg.size
         bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                   disable=not (cfg.progress and info.main), leave=False, unit="batch")
+                   disable=None if info.main else True, leave=False, unit="batch")
         for step in bar:
             start = step * self.global_batch + info.rank * cfg.batch_size
             idx = order[start:start + cfg.batch_size]
