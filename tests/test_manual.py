@@ -41,3 +41,19 @@ def test_cli_page_lists_every_option_of_every_verb():
                 continue  # every verb's, stated once at the top of the page
             for flag in action.option_strings:
                 assert f"`{flag}`" in page, (name, flag)
+
+
+def test_a_model_argument_without_a_meaning_fails_the_reference(monkeypatch):
+    from torch import nn
+
+    from busseg.models import MODELS
+
+    class Undocumented(nn.Module):
+        """A model whose docstring does not say what `width` means."""
+
+        def __init__(self, width: int = 4) -> None:
+            super().__init__()
+
+    monkeypatch.setitem(MODELS, "undocumented", Undocumented)
+    with pytest.raises(ValueError, match="argument 'width' has no meaning"):
+        config_page()

@@ -12,7 +12,12 @@ from busseg.models import MODELS, SegOutput
 
 
 class TinySegNet(nn.Module):
-    """Two 3x3 convolutions: the smallest network busseg can train."""
+    """Two 3x3 convolutions: the smallest network busseg can train.
+
+    Args:
+        width: channels between the two convolutions.
+        dilation: dilation of the first convolution.
+    """
 
     def __init__(self, width: int = 4, dilation: int = 1) -> None:
         super().__init__()

@@ -56,15 +56,39 @@ def _model_names() -> list[str]:
     return list(MODELS)
 
 
+def _arg_meanings(doc: str) -> dict[str, str]:
+    """The `Args:` section of a docstring (Google style) as {argument: meaning}."""
+    meanings: dict[str, str] = {}
+    lines = doc.split("Args:", 1)[1].splitlines() if "Args:" in doc else []
+    key = None
+    for line in lines:
+        stripped = line.strip()
+        if not stripped:
+            if meanings:
+                break
+            continue
+        head = stripped.split(":", 1)
+        if line.startswith("    ") and not line.startswith("        ") and len(head) == 2:
+            key, meanings[head[0]] = head[0], head[1].strip()
+        elif key:
+            meanings[key] += " " + stripped
+    return meanings
+
+
 def _model_section() -> list[str]:
     from busseg.models import MODELS, model_arguments
 
     out = []
     for name, ctor in MODELS.items():
         doc = inspect.getdoc(ctor) or ""
+        meanings = _arg_meanings(doc)
         out += ["", f"### `model.name: {name}`", "", doc.split("\n\n")[0], "",
-                "| key | default |", "|---|---|"]
-        out += [f"| `model.{k}` | {_cell(v)} |" for k, v in model_arguments(name, {}).items()]
+                "| key | default | meaning |", "|---|---|---|"]
+        for k, v in model_arguments(name, {}).items():
+            if k not in meanings:
+                raise ValueError(f"model {name!r}: argument {k!r} has no meaning in its "
+                                 "docstring's Args section")
+            out.append(f"| `model.{k}` | {_cell(v)} | {meanings[k]} |")
     return out
 
 

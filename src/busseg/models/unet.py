@@ -157,5 +157,14 @@ class UNet(nn.Module):
 def unet_classic(width: int = 64, depth: int = 4, in_channels: int = 1,
                  stem_stride: Literal[1, 2] = 1, presence_head: bool = False,
                  norm: Literal["instance", "batch"] = "batch") -> UNet:
-    """The seed's classic U-Net: 64..1024 channels, full-resolution first stage, BatchNorm."""
+    """The seed's classic U-Net: 64..1024 channels, full-resolution first stage, BatchNorm.
+
+    Args:
+        width: channels of the first stage; stage k has width * 2**k.
+        depth: number of down-sampling steps.
+        in_channels: input channels (1 for grayscale ultrasound).
+        stem_stride: 1 for the classic layout, 2 to run the first stage at half resolution.
+        presence_head: also return an image-level "holds a lesion" logit.
+        norm: `batch` (BatchNorm) or `instance` (per-image, per-channel normalisation).
+    """
     return UNet(width, depth, in_channels, stem_stride, presence_head, norm)
