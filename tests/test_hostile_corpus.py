@@ -292,7 +292,7 @@ def test_yaml_anchor_bomb_is_refused_quickly(tmp_path):
 
     levels = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     levels += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
-    (tmp_path / "bomb.yaml").write_text("\n".join(levels) + "\nteachers: *a8\n")
+    (tmp_path / "bomb.yaml").write_text("\n".join(levels) + "\nlr: *a8\n")
     t = time.perf_counter()
     with pytest.raises(ValueError, match="expands to over"):
         resolve_config(tmp_path / "bomb.yaml")
