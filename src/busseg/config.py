@@ -85,7 +85,10 @@ class TrainConfig(_Strict):
     """Everything a training run needs; saved resolved beside the weights. The defaults are the
     recipe of the shipped weights (`configs/busi.yaml` spells them out)."""
 
-    data: str = _f("data", "prepared data folder (its train/ and val/ splits)")
+    data: str | list[str] = _f("data", "prepared data folder (its train/ and val/ splits), or "
+                               "a list of them: several sources in one run")
+    sources: dict[str, float] = _f(dict, "share of the training draws per source (by folder "
+                                   "name; normalised); empty: by each source's size")
     out: str = _f("results", "run folder: weights, logs, config.yaml")
     size: int = _f(256, "training and inference side in pixels", ge=16)
     epochs: int = _f(50, "epochs to train (an epoch: as many draws as training scans)", ge=1)
@@ -118,6 +121,14 @@ class TrainConfig(_Strict):
     sync_bn: bool = _f(False, "torchrun on GPUs with model norm batch: SyncBatchNorm")
     model: ModelConfig = _f(ModelConfig, "model name and its constructor's arguments")
     augment: AugmentConfig = _f(AugmentConfig, "augmentation")
+
+    @field_validator("sources")
+    @classmethod
+    def _positive_shares(cls, shares: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in shares.items() if not v >= 0}
+        if bad or (shares and sum(shares.values()) <= 0):
+            raise ValueError(f"source shares must be >= 0 and not all 0, got {shares}")
+        return shares
 
     @field_validator("loss")
     @classmethod

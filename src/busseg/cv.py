@@ -128,6 +128,9 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
                     "out-of-fold figures are optimistic; --set select=last or --inner-val 0.125 "
                     "measures without it")
     out = Path(out)
+    if not isinstance(cfg.data, str):
+        raise InvalidInput("cv takes one data folder; several sources in one cross-validation "
+                           "are not supported yet")
     pool = read_pool(cfg.data)
     folds = assign_folds(pool, k, seed)
     write_folds(out, pool, folds, k, seed, inner_val)

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from busseg.config import TrainConfig, config_to_dict
-from busseg.data.dataset import TensorSplit, load_split
+from busseg.data.dataset import TensorSplit
+from busseg.data.sources import load_sources, record, source_shares
 from busseg.distributed import DistInfo, cleanup
 from busseg.distributed import setup as dist_setup
 from busseg.errors import Unavailable
@@ -46,6 +47,7 @@ def limit_split(split: TensorSplit, n: int, seed: int) -> TensorSplit:
 
 
 RUN_OUTPUTS = ("unet_final.pt", "last.pt", "history.csv", "train_summary.json", "config.yaml",
+               "sources.json",
                "splits.json", "split_used.json", "precision.json", "postprocess.json",
                "tune.json") + tuple(f"{p}_{k}.npy" for p in ("train", "val") for k in LOG_KEYS)
 
@@ -98,10 +100,9 @@ def _load_data(cfg: TrainConfig, info: DistInfo, device: torch.device,
                splits: tuple[TensorSplit, TensorSplit] | None) -> tuple[TensorSplit, TensorSplit]:
     """The (train, val) images, limited as the config says; rank 0 writes the run folder's
     config.yaml, splits.json (a copy) and split_used.json."""
-    out, data, t_load = Path(cfg.out), Path(cfg.data), time.time()
+    out, t_load = Path(cfg.out), time.time()
     if splits is None:
-        train_set = load_split(data / "train", cfg.size)
-        val_set = load_split(data / "val", cfg.size)
+        train_set, val_set = load_sources(cfg.data, cfg.size)
     else:
         train_set, val_set = splits
     if cfg.limit > 0:
@@ -111,8 +112,12 @@ def _load_data(cfg: TrainConfig, info: DistInfo, device: torch.device,
         log.info("loaded %d train / %d val images in %.1fs on %s (world %d)", len(train_set),
                  len(val_set), time.time() - t_load, device, info.world)
         (out / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        if splits is None and (data / "splits.json").is_file():
-            shutil.copy(data / "splits.json", out / "splits.json")
+        single = Path(cfg.data) if isinstance(cfg.data, str) else None
+        if splits is None and single is not None and (single / "splits.json").is_file():
+            shutil.copy(single / "splits.json", out / "splits.json")
+        if splits is None and not isinstance(cfg.data, str):
+            write_json(out / "sources.json", record(
+                cfg.data, train_set, val_set, source_shares(train_set.sources, cfg.sources)))
         (out / "split_used.json").write_text(json.dumps(
             {"train": train_set.names, "val": val_set.names}, indent=1))
     return train_set, val_set

@@ -58,6 +58,25 @@ def sample_weights(labels: list[str], normal_share: float) -> torch.Tensor:
     return torch.tensor([share[c] / counts[c] for c in labels], dtype=torch.double)
 
 
+def source_weights(split: TensorSplit, normal_share: float,
+                   shares: dict[str, float]) -> torch.Tensor:
+    """`sample_weights` within each source, scaled so that each source gets its share of the
+    draws (`data.sources.source_shares`); one source: `sample_weights` itself."""
+    if not split.sources:
+        if shares:
+            raise InvalidInput("sources: shares need several data folders (data: [a, b])")
+        return sample_weights(split.labels, normal_share)
+    from busseg.data.sources import source_shares
+
+    share = source_shares(split.sources, shares)
+    weights = torch.zeros(len(split), dtype=torch.double)
+    for name, part in share.items():
+        idx = [i for i, s in enumerate(split.sources) if s == name]
+        inner = sample_weights([split.labels[i] for i in idx], normal_share)
+        weights[idx] = inner / inner.sum() * part
+    return weights
+
+
 def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
     """Step-wise multiplier: linear warm-up, then constant or cosine decay to 1% over
     `schedule_epochs` (default `epochs`; longer: the run stops before the schedule ends)."""
@@ -226,7 +245,7 @@ class Trainer:
         # augmentation generator differs per rank
         self.gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
         self.aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 1000 * info.rank)
-        self.weights = sample_weights(train_set.labels, cfg.normal_share)
+        self.weights = source_weights(train_set, cfg.normal_share, cfg.sources)
         self.malignant = torch.tensor([lab == "malignant" for lab in train_set.labels])
         self.state = TrainState()
         self.last_path, self.best_path = self.out / "last.pt", self.out / "unet_final.pt"

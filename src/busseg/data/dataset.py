@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +57,14 @@ def load_pair(img: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class TensorSplit:
-    """A split in memory: uint8 images and masks (N x 1 x S x S), names and class labels."""
+    """A split in memory: uint8 images and masks (N x 1 x S x S), names, class labels and,
+    for several sources in one run, each scan's source (empty: one source)."""
 
     images: torch.Tensor
     masks: torch.Tensor
     names: list[str]
     labels: list[str]
+    sources: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -71,11 +73,13 @@ class TensorSplit:
         """The images at `idx`."""
         t = torch.as_tensor(idx, dtype=torch.long)
         return TensorSplit(self.images[t], self.masks[t], [self.names[i] for i in idx],
-                           [self.labels[i] for i in idx])
+                           [self.labels[i] for i in idx],
+                           [self.sources[i] for i in idx] if self.sources else [])
 
     def to(self, device: torch.device | str) -> TensorSplit:
         """The same images with their tensors on `device`."""
-        return TensorSplit(self.images.to(device), self.masks.to(device), self.names, self.labels)
+        return TensorSplit(self.images.to(device), self.masks.to(device), self.names, self.labels,
+                           self.sources)
 
     def batch(self, idx: torch.Tensor, device: torch.device | str = "cpu"):
         """Float images in [0, 1] and float masks for the given indices."""
