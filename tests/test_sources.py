@@ -50,6 +50,10 @@ def test_two_sources_load_with_their_names_and_shares(two_sources):
         source_shares(train.sources, {"gamma": 1.0})
     with pytest.raises(ValueError, match="distinct names"):
         load_sources([str(a), str(a)], 32)
+    link = a.parent / "links" / "gamma"
+    link.parent.mkdir(exist_ok=True)
+    link.symlink_to(a, target_is_directory=True)
+    assert set(load_sources([str(link), str(b)], 32)[0].sources) == {"gamma", "beta"}
 
 
 def test_a_two_source_run_records_each_source(two_sources, tmp_path):

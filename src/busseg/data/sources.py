@@ -25,7 +25,7 @@ def source_dirs(data: str | list[str]) -> dict[str, Path]:
     folders = [data] if isinstance(data, str) else list(data)
     named = {}
     for folder in folders:
-        name = Path(folder).resolve().name
+        name = Path(folder).name or Path(folder).resolve().name  # as given, links kept
         if name in named:
             raise InvalidInput(f"data: two sources are named {name!r} ({named[name]} and "
                                f"{folder}); give the folders distinct names")
