@@ -1,38 +1,19 @@
 import numpy as np
 import pydicom
+from hostile_corpus import gray_dicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from synth import scan
 
 from busseg.inference import ModelChoice
 from busseg.predict import PredictOptions, predict
 
-US_IMAGE = "1.2.840.10008.5.1.4.1.1.6.1"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
-
-
-def _us_dicom(path, pixels):
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = US_IMAGE
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID, ds.SOPInstanceUID = US_IMAGE, ds.file_meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.PatientID, ds.Modality = "anon", "US"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-    return ds
 
 
 def test_dicom_seg_round_trip(tiny_run, tmp_path):
     (tmp_path / "in").mkdir()
     img, _ = scan(9, h=90, w=120)
-    src = _us_dicom(tmp_path / "in" / "study.dcm", img)
+    src = pydicom.dcmread(gray_dicom(tmp_path / "in" / "study.dcm", img))
     r = predict([str(tmp_path / "in")], tmp_path / "out",
                 ModelChoice(tiny_run / "unet_final.pt", threshold=0.3),
                 PredictOptions(dicom_seg=True), progress=False)
@@ -51,7 +32,7 @@ def test_dicom_seg_round_trip(tiny_run, tmp_path):
 
 def test_empty_mask_still_gives_a_seg(tiny_run, tmp_path):
     (tmp_path / "in").mkdir()
-    _us_dicom(tmp_path / "in" / "blank.dcm", np.full((40, 50), 128, np.uint8))
+    gray_dicom(tmp_path / "in" / "blank.dcm", np.full((40, 50), 128, np.uint8))
     r = predict([str(tmp_path / "in")], tmp_path / "out",
                 ModelChoice(tiny_run / "unet_final.pt", threshold=1.0),
                 PredictOptions(dicom_seg=True), progress=False)

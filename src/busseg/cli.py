@@ -67,9 +67,6 @@ def _cv(a: argparse.Namespace) -> int:
     from busseg.cv import gather_oof, run_cv
 
     cfg = _train_config(a)  # the gather reads the data the folds trained on (--data, --set)
-    if not isinstance(cfg.data, str):
-        raise InvalidInput("cv takes one data folder; several sources in one cross-validation "
-                           "are not supported yet")
     if not a.gather_only:
         for s in run_cv(cfg, a.out, a.folds, a.fold, a.fold_seed, a.inner_val):
             where = "inner validation" if a.inner_val else "held-out"

@@ -29,6 +29,9 @@ POOL_SPLITS = ("train", "val")
 
 def read_pool(data: Path | str) -> list[dict]:
     """The train + val rows of `data/manifest.csv` with their image and mask paths."""
+    if not isinstance(data, (str, Path)):
+        raise InvalidInput("cv takes one data folder; several sources in one cross-validation "
+                           "are not supported yet")
     data = Path(data)
     manifest = data / "manifest.csv"
     if not manifest.is_file():
@@ -128,9 +131,6 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
                     "out-of-fold figures are optimistic; --set select=last or --inner-val 0.125 "
                     "measures without it")
     out = Path(out)
-    if not isinstance(cfg.data, str):
-        raise InvalidInput("cv takes one data folder; several sources in one cross-validation "
-                           "are not supported yet")
     pool = read_pool(cfg.data)
     folds = assign_folds(pool, k, seed)
     write_folds(out, pool, folds, k, seed, inner_val)

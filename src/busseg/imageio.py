@@ -136,7 +136,7 @@ def _decode_pil(path: Path, data: bytes | None, max_pixels: int | None,
     try:
         with Image.open(io.BytesIO(data) if data is not None else path) as im:
             n = int(getattr(im, "n_frames", 1) or 1)
-            chosen = [0] if frames == "first" else _choose_frames(path, n, frames)
+            chosen = _choose_frames(path, n, frames)
             if im.width * im.height * len(chosen) > limit:
                 raise ImageTooLarge(path, f"image has {len(chosen)} frame(s) of "
                                           f"{im.width}x{im.height} pixels, over the {limit} "

@@ -342,7 +342,7 @@ def _segment_file(run: _Run, path: Path, forward, size: int, report: PredictRepo
     names = [unique_name(scan, run.used, run.reserved) for scan in scans]
     seg = run.opts.dicom_seg and is_dicom(path)
     planned = [f"{n}{sfx}" for n in names for sfx in _suffixes(run.opts, seg)]
-    clash = [p for p in existing(run.out / n for n in planned)]
+    clash = existing(run.out / n for n in planned)
     if clash:
         report.errors.append(f"{path}: {clash[0]} already exists and was not written by "
                              "busseg predict into this folder; not replaced (choose another "

@@ -167,11 +167,9 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _one_of(name: str, query, form):
-    """A parameter given as a query parameter or a form field; both and different: 422."""
-    if query is not None and form is not None and query != form:
-        raise HTTPException(422, f"{name} given twice with different values "
-                                 f"(query {query}, form {form})")
+def _one_of(query, form):
+    """A parameter given as a query parameter or a form field (`check_repeats` has already
+    refused one given both ways with different values)."""
     return query if query is not None else form
 
 
@@ -370,9 +368,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             alias="output", description="as the query parameter")] = None,
     ):
         await check_repeats(request)
-        threshold = _one_of("threshold", threshold, threshold_form)
-        output = _one_of("output", output, output_form) or Output.json
-        plain = bool(_one_of("plain", plain, plain_form))
+        threshold = _one_of(threshold, threshold_form)
+        output = _one_of(output, output_form) or Output.json
+        plain = bool(_one_of(plain, plain_form))
         data, name = await _read_upload(request, file, cfg.max_upload_bytes)
         return await slots.run(data, name, threshold, output, plain)
 
