@@ -115,7 +115,7 @@ def bench_trainer(device: torch.device, batch: int, dtype, graph: bool = False,
     tmp = tempfile.TemporaryDirectory(prefix="busseg_bench_")
     out = tmp.name
     cfg = resolve_config(CONFIG, [f"out={out}", f"batch_size={batch}", f"amp={amp}",
-                                  f"device={device}", f"cuda_graph={graph}", "compile=false",
+                                  f"device={device}", "compile=false",
                                   *overrides])
     n = batch * steps
     gen = torch.Generator().manual_seed(0)
@@ -124,6 +124,7 @@ def bench_trainer(device: torch.device, batch: int, dtype, graph: bool = False,
     labels = [("benign", "malignant", "normal")[i % 3] for i in range(n)]
     data = TensorSplit(images, masks, [f"synthetic_{i}" for i in range(n)], labels).to(device)
     trainer = Trainer(cfg, DistInfo(), device, data, data, provenance={})
+    trainer.graph_pending = trainer.graph_pending and graph  # eager unless `graph`
     trainer.bench_tmp = tmp  # the folder lives as long as the trainer
     return trainer
 

@@ -41,8 +41,14 @@ def test_shipped_configs_parse_and_busi_yaml_spells_out_the_defaults():
     assert seed.optimizer == "adam" and seed.lr == 1e-4 and seed.select == "best"
     # fine-tuning starts from the shipped weights, so it builds the shipped shape
     assert resolve_config(configs / "finetune.yaml").model == resolve_config(None).model
-    assert sorted(p.name for p in configs.glob("*.yaml")) == ["busi.yaml", "finetune.yaml",
-                                                             "seed.yaml"]
+    assert sorted(p.name for p in configs.glob("*.yaml")) == [
+        "all_sources.yaml", "all_sources_lite0.yaml", "busi.yaml", "finetune.yaml", "seed.yaml"]
+    # the recipes on all three sources: 1,050 optimizer steps whatever the data's size
+    for name in ("all_sources.yaml", "all_sources_lite0.yaml"):
+        every = resolve_config(configs / name)
+        assert every.data == ["data/busi", "data/busbra", "data/breast"]
+        assert every.epochs * every.epoch_steps == 1050
+    assert resolve_config(configs / "all_sources_lite0.yaml").model.name == "lite0_unet"
 
 
 @pytest.mark.parametrize("override, key", [
@@ -79,7 +85,8 @@ def test_defaults_are_the_shipped_models_recipe():
         shipped.pop(key, None)
     # options that left the config after this model was trained, each at its no-effect value
     retired = {"progressive_epochs": 0, "train_on_val": False, "presence_weight": 0.5,
-               "min_epochs": 0, "channels_last": True, "threshold": 0.5, "threads": 0}
+               "min_epochs": 0, "channels_last": True, "threshold": 0.5, "threads": 0,
+               "cuda_graph": True}
     for key, value in retired.items():
         assert shipped.pop(key) == value, key
     assert shipped["model"].pop("deep_supervision") is False

@@ -86,10 +86,3 @@ def test_shares_need_several_sources_and_sane_values(two_sources):
         source_weights(train, 0.1, {"alpha": 1.0})
     assert torch.allclose(source_weights(train, 0.1, {}).sum(), torch.tensor(1.0,
                           dtype=torch.double))
-
-
-def test_cross_validation_says_it_takes_one_folder(two_sources):
-    from busseg.cv import read_pool
-
-    with pytest.raises(ValueError, match="cv takes one data folder"):
-        read_pool([str(p) for p in two_sources])

@@ -79,9 +79,13 @@ def saved_model_config(model_cfg: dict) -> dict:
     return cfg
 
 
-def build_from_config(model_cfg: dict) -> nn.Module:
-    """Create the network a saved model config describes."""
+def build_from_config(model_cfg: dict, fresh: bool = False) -> nn.Module:
+    """Create the network a saved model config describes. Unless `fresh` (a training run's
+    start) its weights come from a checkpoint next, so start-up weights (an encoder's ImageNet
+    weights) are not read."""
     cfg = saved_model_config(model_cfg)
+    if not fresh and "encoder_weights" in cfg:
+        cfg["encoder_weights"] = "random"
     return create_model(cfg.pop("name", "unet"), **cfg)
 
 

@@ -45,6 +45,10 @@ def _train_config(a: argparse.Namespace):
             overrides.append(f"{key}={value}")
     if a.no_progress:  # tqdm's own switch; without it bars show on a terminal only
         os.environ["TQDM_DISABLE"] = "1"
+    if a.no_cuda_graph:
+        from busseg.cudagraph import NO_GRAPH_ENV
+
+        os.environ[NO_GRAPH_ENV] = "1"
     return resolve_config(a.config, overrides)
 
 
@@ -64,20 +68,41 @@ def _train(a: argparse.Namespace) -> int:
 
 
 def _cv(a: argparse.Namespace) -> int:
-    from busseg.cv import gather_oof, run_cv
+    from busseg.cv import gather_oof
 
     cfg = _train_config(a)  # the gather reads the data the folds trained on (--data, --set)
     if not a.gather_only:
-        for s in run_cv(cfg, a.out, a.folds, a.fold, a.fold_seed, a.inner_val):
-            where = "inner validation" if a.inner_val else "held-out"
+        for s in _run_folds(a, cfg):
+            where = ("inner validation" if a.inner_val else
+                     f"val of the others (held out: {s['held_out']})" if "held_out" in s
+                     else "held-out")
             print(f"fold {s['fold']}: {where} Dice {s['best_val_dice']:.3f}, "
                   f"{s['train_time_s'] / 60:.1f} min ({s.get('precision', 'fp32')})")
     if a.fold is None or a.gather_only:
         summary = gather_oof(a.out, cfg.data, device=a.device or "cpu",
                              overwrite=a.overwrite, progress=not a.no_progress)
+        for src, part in summary.get("by_source", {}).items():
+            lo, hi = part["dice_ci95"]
+            print(f"{src}: lesion Dice {part['dice']:.3f} ({lo:.3f}-{hi:.3f}) over "
+                  f"{part['n_images']} scans, missed {part['missed_lesion_rate']:.1%}")
+        if "by_source" in summary:
+            print(f"mean over sources {summary['source_mean_dice']:.3f}, worst "
+                  f"{summary['source_worst']} {summary['source_worst_dice']:.3f}")
         print(f"OOF lesion Dice {summary['dice']:.3f} over {summary['n_images']} scans; "
               f"wrote {a.out}/oof/")
     return 0
+
+
+def _run_folds(a: argparse.Namespace, cfg) -> list[dict]:
+    from busseg.cv import run_cv
+    from busseg.holdout import run_by_source
+
+    if a.by == "fold":
+        return run_cv(cfg, a.out, a.folds, a.fold, a.fold_seed, a.inner_val)
+    if a.inner_val or a.folds != 5:
+        raise InvalidInput("cv --by source: one fold per source; --folds and --inner-val apply "
+                           "to --by fold")
+    return run_by_source(cfg, a.out, a.fold)
 
 
 def _model_choice(a: argparse.Namespace):
@@ -287,8 +312,15 @@ def _add_train(sub) -> None:
                    help="override any config key, e.g. --set model.width=24 (repeatable)")
     s.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_no_graph(s)
     _add_overwrite(s)
     s.set_defaults(func=_train)
+
+
+def _add_no_graph(s) -> None:
+    s.add_argument("--no-cuda-graph", action="store_true",
+                   help="one GPU: run the training steps eagerly instead of replaying them as "
+                        "CUDA graphs")
 
 
 def _add_cv(sub) -> None:
@@ -296,6 +328,10 @@ def _add_cv(sub) -> None:
     s.add_argument("--config", help="YAML config (see configs/)")
     s.add_argument("--data", help="prepared data folder (default: data)")
     s.add_argument("--out", default="runs/cv", help="cross-validation folder (default: runs/cv)")
+    s.add_argument("--by", choices=("fold", "source"), default="fold",
+                   help="fold: k folds of whole groups over train + val (several data folders: "
+                        "over all of them); source: hold each data folder out in turn, train "
+                        "on the others, predict all its scans (default: fold)")
     s.add_argument("--folds", type=int, default=5, help="number of folds (default: 5)")
     s.add_argument("--fold", type=int, action="append",
                    help="train only this fold (repeatable; default: all, then gather)")
@@ -311,6 +347,7 @@ def _add_cv(sub) -> None:
     s.add_argument("--gather-only", action="store_true",
                    help="only gather the finished folds' out-of-fold predictions")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_no_graph(s)
     _add_overwrite(s)
     s.set_defaults(func=_cv)
 

@@ -91,7 +91,11 @@ class TrainConfig(_Strict):
                                    "name; normalised); empty: by each source's size")
     out: str = _f("results", "run folder: weights, logs, config.yaml")
     size: int = _f(256, "training and inference side in pixels", ge=16)
-    epochs: int = _f(50, "epochs to train (an epoch: as many draws as training scans)", ge=1)
+    epochs: int = _f(50, "epochs to train (an epoch: as many draws as training scans, or "
+                     "epoch_steps optimizer steps)", ge=1)
+    epoch_steps: int | None = _f(None, "optimizer steps per epoch (null: as many draws as "
+                                 "training scans); a number makes the training length "
+                                 "epochs x epoch_steps steps whatever the data's size", ge=1)
     batch_size: int = _f(8, "scans per optimizer step (per process under torchrun)", ge=1)
     optimizer: Literal["adam", "adamw"] = _f("adamw", "Adam or AdamW (fused)")
     lr: float = _f(1e-3, "peak learning rate", ge=0.0, le=1.0)
@@ -109,8 +113,6 @@ class TrainConfig(_Strict):
     limit: int = _f(0, "train on this many training scans only (0: all)", ge=0)
     seed: int = _f(0, "seed of weights, sampling and augmentation")
     device: str = _f("auto", "auto, cpu, cuda or cuda:N", pattern=r"^(auto|cpu|cuda(:\d+)?)$")
-    cuda_graph: bool = _f(True, "one GPU: replay the training forward and backward as CUDA "
-                          "graphs")
     amp: Literal["auto", "fp32", "bf16"] = _f("auto", "precision; auto: bf16 where a start-up "
                                               "probe shows it faster (precision.json)")
     compile: bool | Literal["auto"] = _f("auto", "torch.compile the training step; auto: where "

@@ -11,6 +11,7 @@ same tensors as before.
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 
 import torch
@@ -19,9 +20,14 @@ from torch import nn
 log = logging.getLogger("busseg.train")
 
 
+NO_GRAPH_ENV = "BUSSEG_NO_CUDA_GRAPH"  # "1" (`busseg train --no-cuda-graph`): stay eager
+
+
 def can_graph(device: torch.device, distributed: bool) -> bool:
-    """Whether `graph_training_forward` applies: one CUDA device, no DistributedDataParallel."""
-    return device.type == "cuda" and not distributed
+    """Whether `graph_training_forward` applies: one CUDA device, no DistributedDataParallel,
+    and not switched off (`--no-cuda-graph` sets BUSSEG_NO_CUDA_GRAPH=1)."""
+    return (device.type == "cuda" and not distributed
+            and os.environ.get(NO_GRAPH_ENV) != "1")
 
 
 def graph_training_forward(model: nn.Module, sample: torch.Tensor,

@@ -19,6 +19,7 @@ from busseg.config import TrainConfig
 from busseg.data.dataset import TensorSplit, list_pairs, load_pairs
 from busseg.data.split import assign_groups
 from busseg.errors import InvalidInput, MissingFile
+from busseg.evaluate import summarise
 from busseg.jsonio import write_json
 from busseg.postprocess import PostprocessSettings, plain_settings
 from busseg.safety import claim
@@ -27,19 +28,27 @@ log = logging.getLogger("busseg.cv")
 POOL_SPLITS = ("train", "val")
 
 
-def read_pool(data: Path | str) -> list[dict]:
-    """The train + val rows of `data/manifest.csv` with their image and mask paths."""
-    if not isinstance(data, (str, Path)):
-        raise InvalidInput("cv takes one data folder; several sources in one cross-validation "
-                           "are not supported yet")
-    data = Path(data)
+def read_pool(data: Path | str | list, splits: tuple[str, ...] = POOL_SPLITS) -> list[dict]:
+    """The `splits` rows (default train + val) of `data/manifest.csv` with their image and mask
+    paths; for a list of folders every source's rows, named `<source>/<name>` (groups too),
+    each with its `source`."""
+    if isinstance(data, (str, Path)):
+        return _read_folder(Path(data), splits)
+    from busseg.data.sources import source_dirs
+
+    return [{**r, "name": f"{src}/{r['name']}", "group": f"{src}/{r['group']}", "source": src}
+            for src, folder in source_dirs([str(d) for d in data]).items()
+            for r in _read_folder(folder, splits)]
+
+
+def _read_folder(data: Path, splits: tuple[str, ...]) -> list[dict]:
     manifest = data / "manifest.csv"
     if not manifest.is_file():
         raise MissingFile(f"{manifest}: not found (run `busseg prepare` first)")
     with open(manifest, newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["split"] in POOL_SPLITS]
+        rows = [r for r in csv.DictReader(fh) if r["split"] in splits]
     if not rows:
-        raise InvalidInput(f"{manifest}: no train or val rows")
+        raise InvalidInput(f"{manifest}: no {' or '.join(splits)} rows")
     files = {split: {img.stem: (img, mask) for img, mask in list_pairs(data / split)}
              for split in {r["split"] for r in rows}}
     pool = []
@@ -62,9 +71,12 @@ def assign_folds(pool: list[dict], k: int = 5, seed: int = 0) -> dict[str, int]:
 
 
 def load_pool(pool: list[dict], size: int) -> TensorSplit:
-    """Every pool image in memory at `size`, in pool order."""
-    return load_pairs([(Path(r["image"]), Path(r["mask"])) for r in pool], size,
-                      {r["name"]: r["class"] for r in pool})
+    """Every pool image in memory at `size`, in pool order, with the pool's names, classes
+    and (several sources) each scan's source."""
+    split = load_pairs([(Path(r["image"]), Path(r["mask"])) for r in pool], size)
+    return TensorSplit(split.images, split.masks, [r["name"] for r in pool],
+                       [r["class"] for r in pool],
+                       [r["source"] for r in pool] if "source" in pool[0] else [])
 
 
 def fold_splits(images: TensorSplit, folds: dict[str, int],
@@ -90,12 +102,15 @@ def nested_splits(images: TensorSplit, pool: list[dict], folds: dict[str, int], 
 
 
 def write_folds(out: Path, pool: list[dict], folds: dict[str, int], k: int, seed: int,
-                inner_val: float = 0.0) -> None:
+                inner_val: float = 0.0, **extra) -> None:
     """`OUT/folds.json`: the fold of every image and the inner validation share (refusing to
-    change either in an existing cross-validation)."""
+    change either in an existing cross-validation); `extra` keys are kept beside them (`by`,
+    `splits`, `held_out` of a cross-validation by source)."""
     doc = {"k": k, "seed": seed, "inner_val": inner_val, "folds": folds,
            "groups": {r["name"]: r["group"] for r in pool},
-           "classes": {r["name"]: r["class"] for r in pool}}
+           "classes": {r["name"]: r["class"] for r in pool}, **extra}
+    if "source" in pool[0]:
+        doc["sources"] = {r["name"]: r["source"] for r in pool}
     path = out / "folds.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -122,8 +137,6 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
 
     Returns each fold's training summary, with its wall time.
     """
-    from busseg.train import train
-
     if not 0.0 <= inner_val < 0.5:
         raise InvalidInput(f"inner validation share must be in [0, 0.5), got {inner_val}")
     if cfg.select == "best" and not inner_val:
@@ -134,26 +147,39 @@ def run_cv(cfg: TrainConfig, out: Path | str, k: int = 5, only: list[int] | None
     pool = read_pool(cfg.data)
     folds = assign_folds(pool, k, seed)
     write_folds(out, pool, folds, k, seed, inner_val)
+    images: list[TensorSplit] = []  # loaded once, when the first fold needs training
+
+    def splits_of(fold: int) -> tuple[TensorSplit, TensorSplit]:
+        if not images:
+            images.append(load_pool(pool, cfg.size))
+        return (nested_splits(images[0], pool, folds, fold, inner_val, seed) if inner_val
+                else fold_splits(images[0], folds, fold))
+
     summaries = []
-    images = None  # loaded once, when the first fold needs training
     for fold in only if only is not None else range(k):
         if not 0 <= fold < k:
             raise InvalidInput(f"fold {fold} out of range 0-{k - 1}")
-        fold_dir = out / f"fold_{fold}"
-        if not fold_done(fold_dir):
-            fold_cfg = cfg.model_copy(update={"out": str(fold_dir)})
-            resume = (fold_dir / "last.pt").is_file()
-            log.info("fold %d/%d: %s", fold, k, "resuming" if resume else "training")
-            t0 = time.time()
-            images = images if images is not None else load_pool(pool, cfg.size)
-            # an unfinished fold with no epoch saved holds only this command's own start files
-            splits = (nested_splits(images, pool, folds, fold, inner_val, seed) if inner_val
-                      else fold_splits(images, folds, fold))
-            train(fold_cfg, resume=resume, splits=splits, overwrite=not resume)
-            log.info("fold %d finished in %.1f min (this session)", fold, (time.time() - t0) / 60)
-        summaries.append({"fold": fold, **json.loads(
-            (fold_dir / "train_summary.json").read_text())})
+        fold_cfg = cfg.model_copy(update={"out": str(out / f"fold_{fold}")})
+        summaries.append({"fold": fold, **train_fold(fold_cfg, lambda f=fold: splits_of(f))})
     return summaries
+
+
+def train_fold(fold_cfg: TrainConfig, splits=None) -> dict:
+    """Train one fold into `fold_cfg.out` unless it has finished (resuming an interrupted one);
+    `splits()` gives its (train, val) images, None: `fold_cfg.data`'s. Its training summary."""
+    from busseg.train import train
+
+    fold_dir = Path(fold_cfg.out)
+    if not fold_done(fold_dir):
+        resume = (fold_dir / "last.pt").is_file()
+        log.info("%s: %s", fold_dir.name, "resuming" if resume else "training")
+        t0 = time.time()
+        # an unfinished fold with no epoch saved holds only this command's own start files
+        train(fold_cfg, resume=resume, splits=splits() if splits else None,
+              overwrite=not resume)
+        log.info("%s finished in %.1f min (this session)", fold_dir.name,
+                 (time.time() - t0) / 60)
+    return json.loads((fold_dir / "train_summary.json").read_text())
 
 
 def predict_pool(forward_of_fold, pool: list[dict], folds: dict[str, int], k: int,
@@ -215,7 +241,8 @@ def gather_oof(cv_dir: Path | str, data: Path | str = "data", device: str = "cpu
     missing = [f for f in range(k) if not fold_done(cv_dir / f"fold_{f}")]
     if missing:
         raise MissingFile(f"{cv_dir}: fold(s) {missing} have not finished training")
-    pool = [r for r in read_pool(data) if r["name"] in folds]
+    pool = [r for r in read_pool(data, tuple(doc.get("splits", POOL_SPLITS)))
+            if r["name"] in folds]
     if len(pool) != len(folds):
         raise InvalidInput(f"{data}: holds {len(pool)} of the {len(folds)} images in folds.json")
     claim([cv_dir / "oof"], overwrite)
@@ -230,22 +257,33 @@ def gather_oof(cv_dir: Path | str, data: Path | str = "data", device: str = "cpu
     return score_oof(cv_dir, arrays, plain_settings(), "plain")
 
 
+def by_source(rows: list[dict], sources: dict[str, str]) -> dict:
+    """Each source's summary of its scans' rows, and the mean and worst of the sources' lesion
+    Dice (`source_mean_dice`, `source_worst_dice`, `source_worst`)."""
+    per = {src: summarise([r for r in rows if sources[r["name"]] == src])
+           for src in sorted(set(sources[r["name"]] for r in rows))}
+    worst = min(per, key=lambda src: per[src]["dice"])
+    return {"by_source": per, "source_mean_dice": float(np.mean([p["dice"] for p in per.values()])),
+            "source_worst_dice": per[worst]["dice"], "source_worst": worst}
+
+
 def score_oof(cv_dir: Path, arrays: dict, settings: PostprocessSettings, label: str) -> dict:
     """Per-image rows and metrics of the OOF predictions under `settings` in `CV/oof/LABEL/`."""
-    from busseg.evaluate import score_image, summarise, write_rows
+    from busseg.evaluate import score_image, write_rows
     from busseg.postprocess import decide
 
     prob = arrays["prob_tta" if settings.tta else "prob"]
     score = arrays["score_tta" if settings.tta else "score"]
+    doc = json.loads((cv_dir / "folds.json").read_text())
     rows = []
-    for i, name in enumerate(arrays["names"]):
+    for i, name in enumerate(map(str, arrays["names"])):
         s = None if np.isnan(score[i]) else float(score[i])
         pred = decide(prob[i].astype(np.float32) / 255.0, s, settings)
-        rows.append({"fold": None, **score_image(str(name), arrays["truth"][i], pred, s)})
-    doc = json.loads((cv_dir / "folds.json").read_text())
-    for r in rows:
-        r["fold"] = doc["folds"][r["name"]]
+        rows.append({"fold": doc["folds"][name],
+                     **score_image(name, arrays["truth"][i], pred, s, doc["classes"].get(name))})
     summary = summarise(rows)
+    if "sources" in doc:  # several sources: each one's own figures, their mean and the worst
+        summary.update(by_source(rows, doc["sources"]))
     times = [json.loads((cv_dir / f"fold_{f}" / "train_summary.json").read_text())
              for f in range(doc["k"])]
     summary.update({"postprocess": settings.to_dict(),

@@ -238,7 +238,8 @@ class Trainer:
         self.opt = make_optimizer(cfg, self.model)
         self.loss_fn = get_loss(cfg.loss)
         self.global_batch = cfg.batch_size * info.world
-        self.steps_per_epoch = math.ceil(len(train_set) / self.global_batch)
+        self.steps_per_epoch = (cfg.epoch_steps
+                                or math.ceil(len(train_set) / self.global_batch))
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt,
                                                        lr_lambda(cfg, self.steps_per_epoch))
         # the sampling generator is the same on every rank (one global order per epoch), the
@@ -250,7 +251,7 @@ class Trainer:
         self.state = TrainState()
         self.last_path, self.best_path = self.out / "last.pt", self.out / "unet_final.pt"
         # the training forward becomes a CUDA graph at the first batch (after any resume)
-        self.graph_pending = cfg.cuda_graph and can_graph(device, info.enabled)
+        self.graph_pending = can_graph(device, info.enabled)
         self.graphed = False
         self.saved_at = time.time()  # when `last.pt` was last written
         self.step_net, self.precision["compile"] = self._choose_compile(resume)
@@ -259,7 +260,7 @@ class Trainer:
 
     def _build_model(self) -> nn.Module:
         cfg = self.cfg
-        model = build_from_config(config_to_dict(cfg.model))
+        model = build_from_config(config_to_dict(cfg.model), fresh=True)
         if cfg.init:
             init_weights(model, cfg.init)
         model = model.to(self.device)
@@ -462,8 +463,10 @@ class Trainer:
     def summary(self, seconds: float) -> dict:
         st = self.state
         return {"best_val_dice": st.best, "best_epoch": st.best_epoch,
-                "epochs_run": len(st.history), "train_time_s": seconds,
-                "checkpoint": str(self.best_path), "early_stopped": st.stopped,
+                "epochs_run": len(st.history),
+                "optimizer_steps": len(st.history) * self.steps_per_epoch,
+                "train_time_s": seconds, "checkpoint": str(self.best_path),
+                "early_stopped": st.stopped,
                 "precision": self.precision["precision"], "device": str(self.device),
                 "cuda_graph": self.graphed,
                 "world_size": self.info.world,
