@@ -70,7 +70,7 @@ def test_random_weights_differ_from_imagenet_and_the_decoder_width_counts():
     pretrained = create_model("lite0_unet")
     key = "encoder.blocks.15.project.weight"
     assert not torch.equal(random.state_dict()[key], pretrained.state_dict()[key])
-    wide = create_model("lite0_unet", decoder_width=32, presence_head=True)
+    wide = create_model("lite0_unet", decoder_width=16, presence_head=True)
     assert count_parameters(wide) > count_parameters(pretrained)
     assert wide(torch.rand(1, 1, 64, 64)).presence.shape == (1,)
     assert wide.features(torch.rand(3, 1, 64, 64)).shape == (3, 640)
@@ -112,7 +112,7 @@ def test_training_starts_from_imagenet_and_loading_a_checkpoint_never_reads_it(m
     from busseg.checkpoint import build_from_config
     from busseg.models import lite0
 
-    cfg = {"name": "lite0_unet", "encoder_weights": "imagenet", "decoder_width": 16}
+    cfg = {"name": "lite0_unet", "encoder_weights": "imagenet", "decoder_width": 8}
     fresh = build_from_config(cfg, fresh=True)
     want = imagenet_state()["_blocks.9._depthwise_conv.weight"]
     assert torch.equal(fresh.state_dict()["encoder.blocks.9.depthwise.weight"], want)

@@ -21,7 +21,7 @@ from busseg.models.unet import UNet, unet_classic
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet,
     "unet_classic": unet_classic,  # the seed's U-Net: 64..1024 channels, ~31M parameters
-    "lite0_unet": Lite0UNet,  # EfficientNet-Lite0 encoder from ImageNet weights, ~3.9M
+    "lite0_unet": Lite0UNet,  # EfficientNet-Lite0 encoder from ImageNet weights, ~3.3M
 }
 
 __all__ = ["MODELS", "SegOutput", "count_parameters", "create_model", "model_arguments"]

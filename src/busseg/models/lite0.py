@@ -161,7 +161,7 @@ class Lite0UNet(nn.Module):
     multiple = 32  # input sides are padded to a multiple of this
 
     def __init__(self, encoder_weights: Literal["imagenet", "random"] = "imagenet",
-                 decoder_width: int = 16, presence_head: bool = False) -> None:
+                 decoder_width: int = 8, presence_head: bool = False) -> None:
         super().__init__()
         if decoder_width < 2 or encoder_weights not in ("imagenet", "random"):
             raise InvalidInput(f"bad Lite0UNet: decoder_width={decoder_width}, "
