@@ -70,32 +70,22 @@ def test_config_round_trips_through_its_dict():
     assert again == cfg and again.model.presence_head and again.init == "default"
 
 
-def test_defaults_are_the_shipped_models_recipe():
-    """Plain `busseg train` trains the recipe of the shipped weights."""
+def test_the_shipped_models_recipe_is_configs_all_sources_lite0():
+    """`busseg train --config configs/all_sources_lite0.yaml` trains the shipped weights' recipe."""
     from pathlib import Path
 
     import yaml
 
     from busseg.config import config_to_dict
 
-    run = Path(__file__).parents[1] / "src" / "busseg" / "weights" / "busseg_default_run"
+    root = Path(__file__).parents[1]
+    run = root / "src" / "busseg" / "weights" / "busseg_default_run"
     shipped = yaml.safe_load((run / "config.yaml").read_text())
-    defaults = config_to_dict(resolve_config(None))
-    for key in ("data", "out", "progress", "val_every"):  # paths, display, a retired key
+    recipe = config_to_dict(resolve_config(root / "configs" / "all_sources_lite0.yaml"))
+    for key in ("out", "progress"):  # where it was written, display
         shipped.pop(key, None)
-    # options that left the config after this model was trained, each at its no-effect value
-    retired = {"progressive_epochs": 0, "train_on_val": False, "presence_weight": 0.5,
-               "min_epochs": 0, "channels_last": True, "threshold": 0.5, "threads": 0,
-               "cuda_graph": True}
-    for key, value in retired.items():
-        assert shipped.pop(key) == value, key
-    assert shipped["model"].pop("deep_supervision") is False
-    assert all(shipped["augment"].pop(k) == 0.0 for k in ("speckle", "lowres"))
     for key, value in shipped.items():
-        if isinstance(value, dict):
-            assert {k: defaults[key][k] for k in value} == value, key
-        else:
-            assert defaults[key] == value, key
+        assert recipe[key] == value, key
 
 
 def test_config_has_at_most_45_leaf_keys():

@@ -14,9 +14,9 @@ from busseg.predict import SAMPLES_DIR, sample_files
 
 def test_shipped_weights_are_small_and_load():
     assert DEFAULT_WEIGHTS.is_file()
-    assert DEFAULT_WEIGHTS.stat().st_size < 10 * 2**20
+    assert DEFAULT_WEIGHTS.stat().st_size < 16 * 2**20
     model = load_model()
-    assert count_parameters(model.net) <= 2_000_000
+    assert count_parameters(model.net) <= 5_000_000  # the limit for the shipped model
     assert model.size == 256 and 0 < model.threshold < 1
 
 
@@ -38,4 +38,4 @@ def test_report_of_the_shipped_model_uses_its_logs(prepared, tmp_path):
     assert (SHIPPED_RUN / "val_dice.npy").is_file()
     page = build_report(None, prepared / "test", tmp_path / "r.html", progress=False).read_text()
     assert page.count("data:image/png;base64,") == 6
-    assert "1,947,105 parameters" in page
+    assert "3,297,149 parameters" in page

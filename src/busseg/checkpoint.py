@@ -184,7 +184,7 @@ def checkpoint_dict(path: Path | str) -> dict:
 
 
 RUN_FILES = ("*.npy", "history.csv", "config.yaml", "splits.json", "split_used.json",
-             "tune.json", "train_summary.json", "precision.json", SETTINGS_FILE)
+             "tune.json", "train_summary.json", "precision.json", "sources.json", SETTINGS_FILE)
 
 
 def run_dir_of(weights: Path | str) -> Path:

@@ -83,7 +83,8 @@ class AugmentConfig(_Strict):
 
 class TrainConfig(_Strict):
     """Everything a training run needs; saved resolved beside the weights. The defaults are the
-    recipe of the shipped weights (`configs/busi.yaml` spells them out)."""
+    U-Net recipe on one data folder (`configs/busi.yaml` spells them out); the shipped weights'
+    recipe is `configs/all_sources_lite0.yaml`."""
 
     data: str | list[str] = _f("data", "prepared data folder (its train/ and val/ splits), or "
                                "a list of them: several sources in one run")
