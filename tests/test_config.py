@@ -39,8 +39,13 @@ def test_shipped_configs_parse_and_busi_yaml_spells_out_the_defaults():
     seed = resolve_config(configs / "seed.yaml")
     assert seed.model.width == 16 and seed.model.depth == 4 and seed.model.stem_stride == 2
     assert seed.optimizer == "adam" and seed.lr == 1e-4 and seed.select == "best"
-    # fine-tuning starts from the shipped weights, so it builds the shipped shape
-    assert resolve_config(configs / "finetune.yaml").model == resolve_config(None).model
+    # fine-tuning starts from the shipped weights, so it builds the shipped shape (and does not
+    # read the ImageNet weights that init replaces)
+    finetune = resolve_config(configs / "finetune.yaml")
+    tune, shipped = finetune.model, resolve_config(configs / "all_sources_lite0.yaml").model
+    assert finetune.init == "default"
+    assert tune.model_copy(update={"encoder_weights": "imagenet"}) == shipped
+    assert tune.encoder_weights == "random"
     assert sorted(p.name for p in configs.glob("*.yaml")) == [
         "all_sources.yaml", "all_sources_lite0.yaml", "busi.yaml", "finetune.yaml", "seed.yaml"]
     # the recipes on all three sources: 1,050 optimizer steps whatever the data's size
