@@ -145,7 +145,7 @@ def _scan_folder(folder: Path, n: int, size: int = 700) -> Path:
 def _kill_after(cmd: list[str], journal: Path, n_done: int, sig: int) -> int:
     """Start `cmd`, send `sig` once `journal` records `n_done` finished scans; its exit code."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
+    deadline = time.time() + 600  # a busy 2-core host can take minutes
     while time.time() < deadline and proc.poll() is None:
         if journal.is_file() and journal.read_text().count('"kind": "done"') >= n_done:
             proc.send_signal(sig)
