@@ -16,7 +16,7 @@ def test_shipped_weights_are_small_and_load():
     assert DEFAULT_WEIGHTS.is_file()
     assert DEFAULT_WEIGHTS.stat().st_size < 16 * 2**20
     model = load_model()
-    assert count_parameters(model.net) <= 5_000_000  # the limit for the shipped model
+    assert count_parameters(model.net) <= 5_000_000  # the shipped model's parameter budget
     assert model.size == 256 and 0 < model.threshold < 1
 
 
