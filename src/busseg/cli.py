@@ -146,14 +146,15 @@ def _fit_presence(a: argparse.Namespace) -> int:
     from busseg.presence import DEFAULT_L2, fit_cv_heads, fit_presence_head
 
     l2 = DEFAULT_L2 if a.l2 is None else a.l2
+    data = a.data[0] if a.data and len(a.data) == 1 else a.data
     if a.cv:
-        fits = fit_cv_heads(a.cv, a.out, a.data, l2, overwrite=a.overwrite)
+        fits = fit_cv_heads(a.cv, a.out, data, l2, overwrite=a.overwrite)
         for f in fits:
             print(f"fold {f['fold']}: {f['n_lesion']} lesion, {f['n_normal']} normal scans, "
                   f"training AUC {f['train_auc']:.3f}")
         print(f"wrote {a.out}; next: busseg cv --out {a.out} --gather-only")
         return 0
-    f = fit_presence_head(a.checkpoint, a.out, a.data, l2, overwrite=a.overwrite)
+    f = fit_presence_head(a.checkpoint, a.out, data, l2, overwrite=a.overwrite)
     print(f"{f['n_lesion']} lesion, {f['n_normal']} normal scans, training AUC "
           f"{f['train_auc']:.3f}; wrote {a.out} (choose its rule: busseg tune)")
     return 0
@@ -407,7 +408,9 @@ def _add_fit_presence(sub) -> None:
     src.add_argument("--cv", help="or a cross-validation folder: fit each fold model on its own "
                      "training scans, write a new cross-validation folder --out")
     s.add_argument("--out", required=True, help="the .pt file, or the new cross-validation folder")
-    s.add_argument("--data", default="data", help="prepared data folder (default: data)")
+    s.add_argument("--data", action="append", default=None,
+                   help="prepared data folder (repeatable: several sources; default: the data "
+                   "the model, or each fold model, was trained on)")
     s.add_argument("--l2", type=float, default=None,
                    help="L2 strength of the logistic regression on standardised features "
                    "(default: busseg.presence.DEFAULT_L2, chosen on OOF results)")

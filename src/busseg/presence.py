@@ -97,11 +97,12 @@ def fit_head_state(ckpt: dict, images: TensorSplit, l2: float = DEFAULT_L2) -> d
     return {**kept, "model_state": {**state, **head}, "config": config, "presence_fit": fit}
 
 
-def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str = "data",
+def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str | list | None = None,
                  l2: float = DEFAULT_L2, overwrite: bool = False) -> list[dict]:
     """Fit a head on every fold model of `cv_dir` with that fold's training scans only, into a
     new cross-validation folder `out` (its `folds.json` and fold summaries copied) whose OOF
-    predictions `busseg cv --gather-only` then gathers."""
+    predictions `busseg cv --gather-only` then gathers. `data` (one prepared folder or a list)
+    defaults to each fold's own training data."""
     from busseg.checkpoint import checkpoint_dict, save_checkpoint
     from busseg.cv import load_pool, read_pool
     from busseg.safety import claim, inside
@@ -112,11 +113,11 @@ def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str = "data",
                            f"{cv_dir}")
     doc = json.loads((cv_dir / "folds.json").read_text())
     claim([out], overwrite)
-    pool = [r for r in read_pool(data) if r["name"] in doc["folds"]]
     fits = []
     for fold in range(doc["k"]):
         ckpt = checkpoint_dict(cv_dir / f"fold_{fold}" / "unet_final.pt")
-        rows = [r for r in pool if doc["folds"][r["name"]] != fold]
+        rows = [r for r in read_pool(ckpt["config"]["data"] if data is None else data)
+                if doc["folds"].get(r["name"], fold) != fold]
         fitted = fit_head_state(ckpt, load_pool(rows, ckpt["config"]["size"]), l2)
         (out / f"fold_{fold}").mkdir(parents=True)
         save_checkpoint(out / f"fold_{fold}" / "unet_final.pt", fitted)
@@ -128,10 +129,12 @@ def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str = "data",
     return fits
 
 
-def fit_presence_head(checkpoint: Path | str, out: Path | str, data: Path | str = "data",
-                      l2: float = DEFAULT_L2, overwrite: bool = False) -> dict:
+def fit_presence_head(checkpoint: Path | str, out: Path | str,
+                      data: Path | str | list | None = None, l2: float = DEFAULT_L2,
+                      overwrite: bool = False) -> dict:
     """Fit a head on `checkpoint` (`.pt` or `.safetensors`) with the train + val scans of the
-    prepared `data` and write the result as a `.pt` checkpoint `out`; returns the fit's record."""
+    prepared `data` (one folder or a list; default: the data the model was trained on) and write
+    the result as a `.pt` checkpoint `out`; returns the fit's record."""
     from busseg.checkpoint import checkpoint_dict, save_checkpoint
     from busseg.cv import load_pool, read_pool
     from busseg.postprocess import SETTINGS_FILE
@@ -148,7 +151,8 @@ def fit_presence_head(checkpoint: Path | str, out: Path | str, data: Path | str 
                            "its own")
     ckpt = checkpoint_dict(checkpoint)
     claim([out], overwrite)
-    fitted = fit_head_state(ckpt, load_pool(read_pool(data), ckpt["config"]["size"]), l2)
+    pool = read_pool(ckpt["config"]["data"] if data is None else data)
+    fitted = fit_head_state(ckpt, load_pool(pool, ckpt["config"]["size"]), l2)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, fitted)
     return fitted["presence_fit"]
