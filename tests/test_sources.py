@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from synth import scan, write_png
 
 from busseg.config import resolve_config
@@ -86,3 +87,23 @@ def test_shares_need_several_sources_and_sane_values(two_sources):
         source_weights(train, 0.1, {"alpha": 1.0})
     assert torch.allclose(source_weights(train, 0.1, {}).sum(), torch.tensor(1.0,
                           dtype=torch.double))
+
+
+def test_a_presence_head_fits_on_the_sources_the_model_was_trained_on(two_sources, tmp_path):
+    from busseg.presence import fit_presence_head
+    from busseg.train import train
+
+    a, b = two_sources
+    cfg = resolve_config(None, [f"data=[{a}, {b}]", f"out={tmp_path / 'run'}", "size=32",
+                                "epochs=1", "batch_size=4", "model.width=4", "model.depth=2",
+                                "model.stem_stride=1", "amp=fp32", "compile=false"])
+    train(cfg)
+    ckpt = tmp_path / "run" / "unet_final.pt"
+    fit = fit_presence_head(ckpt, tmp_path / "head" / "h.pt", l2=1.0)  # no data: both sources
+    masks = [m for src in (a, b) for split in ("train", "val")
+             for m in (src / split / "masks").iterdir()]
+    n_normal = sum(not np.asarray(Image.open(m)).any() for m in masks)
+    assert n_normal > 0
+    assert (fit["n_lesion"], fit["n_normal"]) == (len(masks) - n_normal, n_normal)
+    with pytest.raises(ValueError, match="lesion and normal"):  # alpha alone has no normal scan
+        fit_presence_head(ckpt, tmp_path / "alpha" / "h.pt", [str(a)], l2=1.0)

@@ -97,6 +97,11 @@ def fit_head_state(ckpt: dict, images: TensorSplit, l2: float = DEFAULT_L2) -> d
     return {**kept, "model_state": {**state, **head}, "config": config, "presence_fit": fit}
 
 
+def _training_data(ckpt: dict, data: Path | str | list | None):
+    """`data` where given, else the prepared folder(s) the model was trained on."""
+    return ckpt["config"]["data"] if data is None else data
+
+
 def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str | list | None = None,
                  l2: float = DEFAULT_L2, overwrite: bool = False) -> list[dict]:
     """Fit a head on every fold model of `cv_dir` with that fold's training scans only, into a
@@ -116,7 +121,7 @@ def fit_cv_heads(cv_dir: Path | str, out: Path | str, data: Path | str | list | 
     fits = []
     for fold in range(doc["k"]):
         ckpt = checkpoint_dict(cv_dir / f"fold_{fold}" / "unet_final.pt")
-        rows = [r for r in read_pool(ckpt["config"]["data"] if data is None else data)
+        rows = [r for r in read_pool(_training_data(ckpt, data))
                 if doc["folds"].get(r["name"], fold) != fold]
         fitted = fit_head_state(ckpt, load_pool(rows, ckpt["config"]["size"]), l2)
         (out / f"fold_{fold}").mkdir(parents=True)
@@ -151,7 +156,7 @@ def fit_presence_head(checkpoint: Path | str, out: Path | str,
                            "its own")
     ckpt = checkpoint_dict(checkpoint)
     claim([out], overwrite)
-    pool = read_pool(ckpt["config"]["data"] if data is None else data)
+    pool = read_pool(_training_data(ckpt, data))
     fitted = fit_head_state(ckpt, load_pool(pool, ckpt["config"]["size"]), l2)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(out, fitted)
