@@ -354,8 +354,10 @@ def _segment_file(run: _Run, path: Path, forward, size: int, report: PredictRepo
         row, files = _write_scan(run, path, scan, gray, pred, name, seg, report)
         rows.append(row)
         written += files
-    run.journal.write({"kind": "done", "file": str(path), "rows": rows, "outputs": written})
+    # rows first: an interrupt between the two lines leaves results.json holding every scan the
+    # journal calls done (a scan in results.json but not yet journaled is redone on resume)
     report.rows.extend(rows)
+    run.journal.write({"kind": "done", "file": str(path), "rows": rows, "outputs": written})
 
 
 def _suffixes(opts: PredictOptions, seg: bool) -> list[str]:
