@@ -81,11 +81,10 @@ EVAL_OUTPUTS = ("metrics.json", "per_image.csv", "reliability.json", "test_preds
 
 @dataclass(frozen=True)
 class EvalOptions:
-    """How `evaluate` scores: images per forward pass, whether the presence rule and component
-    filter apply (False keeps only the threshold and TTA), and a table of groups to report by
-    (`groups` CSV, its `group_by` columns)."""
+    """How `evaluate` scores: whether the presence rule and component filter apply (False keeps
+    only the threshold and TTA), and a table of groups to report by (`groups` CSV, its
+    `group_by` columns)."""
 
-    batch_size: int = 8
     filter_components: bool = True
     groups: Path | str | None = None
     group_by: list[str] | None = None
@@ -112,7 +111,7 @@ def evaluate(model: ModelChoice | Checkpoints, data: Path | str, out: Path | str
     claim([out / f for f in EVAL_OUTPUTS], overwrite)
     if not opts.filter_components:
         settings = PostprocessSettings(threshold=settings.threshold, tta=settings.tta)
-    rows, errors, reliability = _score_pairs(pairs, forward, size, settings, opts.batch_size,
+    rows, errors, reliability = _score_pairs(pairs, forward, size, settings,
                                              out / "test_preds", progress, on_image,
                                              manifest_classes(data))
     if not rows:
@@ -132,7 +131,7 @@ def evaluate(model: ModelChoice | Checkpoints, data: Path | str, out: Path | str
 OnImage = Callable[[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
-def _score_pairs(pairs, forward, size: int, settings: PostprocessSettings, batch_size: int,
+def _score_pairs(pairs, forward, size: int, settings: PostprocessSettings,
                  pred_dir: Path, progress: bool, on_image: OnImage | None,
                  classes: dict[str, str] | None = None):
     """(rows, errors, calibration bins) of every image and mask pair (classes by name from
@@ -145,7 +144,7 @@ def _score_pairs(pairs, forward, size: int, settings: PostprocessSettings, batch
         except ImageReadError as exc:
             errors.append(str(exc))
             continue
-        p = predict_maps(forward, [gray], size, settings.tta, batch_size)[0]
+        p = predict_maps(forward, [gray], size, settings.tta)[0]
         pred = decide(p.prob, p.score, settings)
         mask_image(pred).save(pred_dir / f"{img_path.stem}_pred.png")
         rows.append(score_image(img_path.stem, truth, pred, p.score,
