@@ -57,23 +57,31 @@ def test_two_sources_load_with_their_names_and_shares(two_sources):
     assert set(load_sources([str(link), str(b)], 32)[0].sources) == {"gamma", "beta"}
 
 
-def test_a_two_source_run_records_each_source(two_sources, tmp_path):
+@pytest.fixture(scope="module")
+def two_source_run(two_sources, tmp_path_factory):
+    """A one-epoch tiny model trained on both sources with shares 0.4 / 0.6: (folder, summary)."""
     from busseg.train import train
 
     a, b = two_sources
-    cfg = resolve_config(None, [f"data=[{a}, {b}]", f"out={tmp_path}", "size=32", "epochs=1",
+    out = tmp_path_factory.mktemp("two_source_run")
+    cfg = resolve_config(None, [f"data=[{a}, {b}]", f"out={out}", "size=32", "epochs=1",
                                 "batch_size=4", "model.width=4", "model.depth=2",
                                 "model.stem_stride=1", "amp=fp32", "compile=false",
                                 "sources={alpha: 0.4, beta: 0.6}"])
-    summary = train(cfg)
+    return out, train(cfg)
+
+
+def test_a_two_source_run_records_each_source(two_sources, two_source_run):
+    a, b = two_sources
+    run, summary = two_source_run
     assert summary["epochs_run"] == 1
-    doc = json.loads((tmp_path / "sources.json").read_text())
+    doc = json.loads((run / "sources.json").read_text())
     assert set(doc) == {"alpha", "beta"}
     assert doc["alpha"]["share"] == pytest.approx(0.4) and doc["beta"]["share"] == 0.6
     assert len(doc["alpha"]["manifest_sha256"]) == 64
     n_b = len(list((b / "train" / "images").iterdir()))
     assert sum(doc["beta"]["train"].values()) == n_b
-    used = json.loads((tmp_path / "split_used.json").read_text())
+    used = json.loads((run / "split_used.json").read_text())
     assert sum(n.startswith("beta/") for n in used["train"]) == n_b
 
 
@@ -89,16 +97,12 @@ def test_shares_need_several_sources_and_sane_values(two_sources):
                           dtype=torch.double))
 
 
-def test_a_presence_head_fits_on_the_sources_the_model_was_trained_on(two_sources, tmp_path):
+def test_a_presence_head_fits_on_the_sources_the_model_was_trained_on(two_sources,
+                                                                     two_source_run, tmp_path):
     from busseg.presence import fit_presence_head
-    from busseg.train import train
 
     a, b = two_sources
-    cfg = resolve_config(None, [f"data=[{a}, {b}]", f"out={tmp_path / 'run'}", "size=32",
-                                "epochs=1", "batch_size=4", "model.width=4", "model.depth=2",
-                                "model.stem_stride=1", "amp=fp32", "compile=false"])
-    train(cfg)
-    ckpt = tmp_path / "run" / "unet_final.pt"
+    ckpt = two_source_run[0] / "unet_final.pt"
     fit = fit_presence_head(ckpt, tmp_path / "head" / "h.pt", l2=1.0)  # no data: both sources
     masks = [m for src in (a, b) for split in ("train", "val")
              for m in (src / split / "masks").iterdir()]
