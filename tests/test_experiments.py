@@ -1,8 +1,13 @@
 """Every script kept in experiments/ runs on tiny data."""
 
+import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
+import torch
 
 SCRIPTS = Path(__file__).parents[1] / "experiments"
 
@@ -19,7 +24,8 @@ def _per_image(folder: Path, dice: list[float]) -> Path:
 
 
 def test_the_only_scripts_are_the_tested_ones():
-    assert sorted(p.name for p in SCRIPTS.iterdir() if p.is_file()) == ["compare_runs.py"]
+    scripts = sorted(p.name for p in SCRIPTS.iterdir() if p.is_file())
+    assert scripts == ["compare_runs.py", "joint_presence.py"]
 
 
 def test_compare_runs_reports_the_paired_difference(tmp_path):
@@ -32,3 +38,59 @@ def test_compare_runs_reports_the_paired_difference(tmp_path):
     assert "A " in r.stdout and "Dice 0.4500, missed 1" in r.stdout
     assert "Dice 0.6500, missed 0" in r.stdout
     assert "B - A: +0.2000" in r.stdout and "B better on 4, worse on 0" in r.stdout
+
+
+def _joint():
+    spec = importlib.util.spec_from_file_location("joint_presence", SCRIPTS / "joint_presence.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_joint_presence_loss_weighs_lesion_and_normal_scans_equally():
+    from busseg.errors import InvalidInput
+    from busseg.losses import bce_dice
+    from busseg.models import SegOutput
+
+    joint = _joint()
+    target = torch.zeros(4, 1, 8, 8)
+    target[:3, :, 2:4, 2:4] = 1  # three lesion scans, one normal
+    presence = torch.tensor([2.0, 2.0, 2.0, -1.0])
+    bce = torch.nn.functional.softplus  # BCE of logit z: softplus(-z) for 1, softplus(z) for 0
+    want = 0.5 * bce(torch.tensor(-2.0)) + 0.5 * bce(torch.tensor(-1.0))
+    assert torch.isclose(joint.presence_bce(presence, target), want)
+    logits = torch.randn(4, 1, 8, 8)
+    total = joint.bce_dice_presence(SegOutput(logits, presence), target)
+    assert torch.isclose(total, bce_dice(logits, target) + joint.PRESENCE_WEIGHT * want)
+    with pytest.raises(InvalidInput, match="presence_head"):
+        joint.bce_dice_presence(SegOutput(logits), target)
+
+
+def test_joint_presence_trains_a_head_that_plain_busseg_reads(prepared, tmp_path):
+    out = tmp_path / "run"
+    sets = ["size=64", "batch_size=4", "lr=0.003", "model.width=4", "model.depth=2",
+            "model.stem_stride=1", "amp=fp32", "compile=false", "model.presence_head=true",
+            "loss=bce_dice_presence"]
+    cmd = [sys.executable, str(SCRIPTS / "joint_presence.py"), "train", "--data", str(prepared),
+           "--out", str(out), "--epochs", "2", "--no-progress"]
+    r = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    ckpt = torch.load(out / "unet_final.pt", weights_only=True)
+    assert ckpt["config"]["loss"] == "bce_dice_presence"
+    assert any(k.startswith("presence.") for k in ckpt["model_state"])
+    scored = tmp_path / "eval"
+    r = subprocess.run([sys.executable, "-m", "busseg", "evaluate", "--plain", "--checkpoint",
+                        str(out / "unet_final.pt"), "--data", str(prepared / "test"),
+                        "--out", str(scored)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((scored / "metrics.json").read_text())
+    assert metrics["n_images"] > 0
+    from busseg.evaluate import read_rows
+
+    scores = [row["lesion_score"] for row in read_rows(scored / "per_image.csv")]
+    assert scores and all(0.0 <= s <= 1.0 for s in scores)
+    r = subprocess.run([sys.executable, "-m", "busseg", "train", "--data", str(prepared),
+                        "--out", str(tmp_path / "plain"), "--set", "loss=bce_dice_presence"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 1 and "unknown loss 'bce_dice_presence'" in r.stderr
