@@ -9,7 +9,7 @@ empty), weighted by `PRESENCE_WEIGHT`. Every `busseg` verb runs with the loss re
     python experiments/joint_presence.py cv --by fold --folds 5 \\
         --config configs/all_sources_lite0.yaml --set model.presence_head=true \\
         --set loss=bce_dice_presence --out runs/cv5_joint
-    busseg tune --cv runs/cv5_joint   # the presence rule on the out-of-fold lesion scores
+    busseg tune --cv runs/cv5_joint --checkpoint runs/cv5_joint/fold_0/unet_final.pt
 
 The weights it writes load in plain `busseg` (evaluate, predict, tune, export): only training
 needs the loss.
