@@ -155,6 +155,21 @@ def _kill_after(cmd: list[str], journal: Path, n_done: int, sig: int) -> int:
     return proc.returncode
 
 
+def test_ctrl_c_waits_for_the_scan_in_hand_and_a_second_one_stops_at_once():
+    from busseg.runlog import interrupt_between
+
+    with interrupt_between() as stop_if_interrupted:
+        stop_if_interrupted()  # nothing came: no stop
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)  # the handler has run: it only took note
+        with pytest.raises(KeyboardInterrupt):
+            stop_if_interrupted()
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C does not wait
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_interrupted_predict_resumes_and_overwrite_replaces(tiny_run, tmp_path, sig):
     scans = _scan_folder(tmp_path / "scans", 40)

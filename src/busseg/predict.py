@@ -34,6 +34,7 @@ from busseg.runlog import (
     FolderLock,
     Journal,
     JournalWriter,
+    interrupt_between,
     own_file,
     read_journal,
     remove_own,
@@ -276,12 +277,14 @@ def _predict_locked(files: list[Path], out: Path, model: ModelChoice, opts: Pred
     for s in report.skipped:
         log.info("skipped %s", s)
     try:
-        for path in tqdm(files, desc="predict", unit="file", disable=not progress):
-            if str(path) in done:
-                report.rows.extend(done[str(path)]["rows"])
-                run.used.update(r["name"] for r in done[str(path)]["rows"])
-                continue
-            _segment_file(run, path, forward, size, report)
+        with interrupt_between() as stop_if_interrupted:
+            for path in tqdm(files, desc="predict", unit="file", disable=not progress):
+                if str(path) in done:
+                    report.rows.extend(done[str(path)]["rows"])
+                    run.used.update(r["name"] for r in done[str(path)]["rows"])
+                    continue
+                _segment_file(run, path, forward, size, report)
+                stop_if_interrupted()
     finally:
         run.journal.close()
         _write_results(out, report, settings.threshold)

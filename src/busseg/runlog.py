@@ -7,13 +7,18 @@ second run into the same folder reads it to resume (skip finished scans, after c
 files are there) or, with `--overwrite`, to remove exactly what the earlier run wrote. Whatever
 the journal says, removal never leaves the output folder: a listed name that is not a plain
 file name in that folder is ignored. A lock file refuses a second run into the same folder
-while one is writing there.
+while one is writing there. Ctrl-C stops a run between scans (`interrupt_between`), so the scan
+in hand is finished and recorded first; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,3 +153,31 @@ class FolderLock:
         if self.fh is not None:
             self.path.unlink(missing_ok=True)
             self.fh.close()
+
+
+@contextmanager
+def interrupt_between() -> Iterator[Callable[[], None]]:
+    """Within the block SIGINT only takes note; the function it yields raises KeyboardInterrupt
+    when one came, for the caller to call between scans. A second SIGINT raises at once. Off the
+    main thread, or where SIGINT is not Python's default handler, nothing changes."""
+    pending: list[int] = []
+
+    def check() -> None:
+        if pending:
+            raise KeyboardInterrupt
+
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield check
+        return
+
+    def note(signum: int, frame: object) -> None:
+        if pending:
+            raise KeyboardInterrupt
+        pending.append(signum)
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield check
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
