@@ -142,9 +142,16 @@ def _scan_folder(folder: Path, n: int, size: int = 700) -> Path:
     return folder
 
 
+def _sigint_default() -> None:
+    """SIGINT as a terminal delivers it, whatever the launcher set: a job started in the
+    background of a shell inherits SIGINT ignored."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _kill_after(cmd: list[str], journal: Path, n_done: int, sig: int) -> int:
     """Start `cmd`, send `sig` once `journal` records `n_done` finished scans; its exit code."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_sigint_default)
     deadline = time.time() + 600  # a busy 2-core host can take minutes
     while time.time() < deadline and proc.poll() is None:
         if journal.is_file() and journal.read_text().count('"kind": "done"') >= n_done:
@@ -158,6 +165,14 @@ def _kill_after(cmd: list[str], journal: Path, n_done: int, sig: int) -> int:
 def test_ctrl_c_waits_for_the_scan_in_hand_and_a_second_one_stops_at_once():
     from busseg.runlog import interrupt_between
 
+    launcher = signal.signal(signal.SIGINT, signal.default_int_handler)  # see _sigint_default
+    try:
+        _ctrl_c_twice(interrupt_between)
+    finally:
+        signal.signal(signal.SIGINT, launcher)
+
+
+def _ctrl_c_twice(interrupt_between) -> None:
     with interrupt_between() as stop_if_interrupted:
         stop_if_interrupted()  # nothing came: no stop
         os.kill(os.getpid(), signal.SIGINT)
