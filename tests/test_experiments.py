@@ -40,19 +40,23 @@ def test_compare_runs_reports_the_paired_difference(tmp_path):
     assert "B - A: +0.2000" in r.stdout and "B better on 4, worse on 0" in r.stdout
 
 
-def _joint():
+def _joint(monkeypatch):
+    """The plug-in module, its loss registered in a copy of the registry that the test ends with."""
+    import busseg.losses
+
+    monkeypatch.setattr(busseg.losses, "LOSSES", dict(busseg.losses.LOSSES))
     spec = importlib.util.spec_from_file_location("joint_presence", SCRIPTS / "joint_presence.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_joint_presence_loss_weighs_lesion_and_normal_scans_equally():
+def test_joint_presence_loss_weighs_lesion_and_normal_scans_equally(monkeypatch):
     from busseg.errors import InvalidInput
     from busseg.losses import bce_dice
     from busseg.models import SegOutput
 
-    joint = _joint()
+    joint = _joint(monkeypatch)
     target = torch.zeros(4, 1, 8, 8)
     target[:3, :, 2:4, 2:4] = 1  # three lesion scans, one normal
     presence = torch.tensor([2.0, 2.0, 2.0, -1.0])
