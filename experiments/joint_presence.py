@@ -3,8 +3,9 @@ the frozen network's features (`busseg fit-presence`).
 
 The loss `bce_dice_presence` adds to BCE + soft Dice of the masks a class-balanced binary
 cross-entropy of the model's presence logit against "this scan holds a lesion" (its mask is not
-empty), weighted by `PRESENCE_WEIGHT`. Every `busseg` verb runs with the loss registered, so a
-5-fold CV of the shipped recipe with a jointly trained head is
+empty), weighted by `PRESENCE_WEIGHT` (0.5); `loss=bce_dice_presence:W` sets the weight W, and the
+run's config.yaml records it. Every `busseg` verb runs with the loss registered, so a 5-fold CV of
+the shipped recipe with a jointly trained head is
 
     python experiments/joint_presence.py cv --by fold --folds 5 \\
         --config configs/all_sources_lite0.yaml --set model.presence_head=true \\
@@ -17,6 +18,7 @@ needs the loss.
 
 from __future__ import annotations
 
+import functools
 import sys
 
 import torch
@@ -40,13 +42,30 @@ def presence_bce(presence: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 0.5 * per[pos].mean() + 0.5 * per[neg].mean()
 
 
-def bce_dice_presence(out: SegOutput, target: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice of the segmentation logits, plus the weighted presence BCE; a model
+def bce_dice_presence(out: SegOutput, target: torch.Tensor,
+                      weight: float = PRESENCE_WEIGHT) -> torch.Tensor:
+    """BCE + soft Dice of the segmentation logits, plus `weight` x the presence BCE; a model
     without a presence head (`model.presence_head: false`) is an error."""
     if out.presence is None:
         raise InvalidInput("loss bce_dice_presence needs a model with model.presence_head: true")
     return (bce_dice(out.logits.float(), target)
-            + PRESENCE_WEIGHT * presence_bce(out.presence.float(), target))
+            + weight * presence_bce(out.presence.float(), target))
+
+
+def register_weighted(argv: list[str]) -> None:
+    """Register `bce_dice_presence:W` for each such loss named in `argv` (`--set loss=...`)."""
+    for arg in argv:
+        name = arg.partition("loss=")[2]
+        if not name.startswith("bce_dice_presence:"):
+            continue
+        text = name.partition(":")[2]
+        try:
+            weight = float(text)
+        except ValueError:
+            raise InvalidInput(f"loss {name!r}: the weight {text!r} is not a number") from None
+        if not 0.0 < weight < 100.0:
+            raise InvalidInput(f"loss {name!r}: the weight must be above 0 and below 100")
+        LOSSES[name] = functools.partial(bce_dice_presence, weight=weight)
 
 
 LOSSES["bce_dice_presence"] = bce_dice_presence
@@ -56,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     """`busseg` itself, with the loss registered."""
     from busseg.cli import main as busseg_main
 
+    try:
+        register_weighted(sys.argv[1:] if argv is None else argv)
+    except InvalidInput as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return busseg_main(argv)
 
 

@@ -68,20 +68,26 @@ def test_joint_presence_loss_weighs_lesion_and_normal_scans_equally(monkeypatch)
     assert torch.isclose(total, bce_dice(logits, target) + joint.PRESENCE_WEIGHT * want)
     with pytest.raises(InvalidInput, match="presence_head"):
         joint.bce_dice_presence(SegOutput(logits), target)
+    joint.register_weighted(["--set", "loss=bce_dice_presence:0.1", "--set", "size=64"])
+    weighted = joint.LOSSES["bce_dice_presence:0.1"](SegOutput(logits, presence), target)
+    assert torch.isclose(weighted, bce_dice(logits, target) + 0.1 * want)
+    for bad, why in (("x", "not a number"), ("0", "above 0"), ("-1", "above 0")):
+        with pytest.raises(InvalidInput, match=why):
+            joint.register_weighted([f"loss=bce_dice_presence:{bad}"])
 
 
 def test_joint_presence_trains_a_head_that_plain_busseg_reads(prepared, tmp_path):
     out = tmp_path / "run"
     sets = ["size=64", "batch_size=4", "lr=0.003", "model.width=4", "model.depth=2",
             "model.stem_stride=1", "amp=fp32", "compile=false", "model.presence_head=true",
-            "loss=bce_dice_presence"]
+            "loss=bce_dice_presence:0.2"]
     cmd = [sys.executable, str(SCRIPTS / "joint_presence.py"), "train", "--data", str(prepared),
            "--out", str(out), "--epochs", "2", "--no-progress"]
     r = subprocess.run(cmd + [a for s in sets for a in ("--set", s)], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     ckpt = torch.load(out / "unet_final.pt", weights_only=True)
-    assert ckpt["config"]["loss"] == "bce_dice_presence"
+    assert ckpt["config"]["loss"] == "bce_dice_presence:0.2"  # the weight is on record
     assert any(k.startswith("presence.") for k in ckpt["model_state"])
     scored = tmp_path / "eval"
     r = subprocess.run([sys.executable, "-m", "busseg", "evaluate", "--plain", "--checkpoint",
