@@ -1,6 +1,8 @@
 """Paired comparison of two evaluations of the same scans (per_image.csv of evaluate or of
 `busseg cv`'s out-of-fold results): mean Dice difference B - A over the lesion scans both scored,
-with a 95% bootstrap CI of the paired difference, and the missed lesions of each.
+with a 95% bootstrap CI of the paired difference, and the missed lesions of each. Where both
+hold normal scans: the lesion score's AUC (lesion against normal scans) and the normal scans
+marked, for each.
 
     python experiments/compare_runs.py runs/cv/oof/plain runs/cv_plain_recipe/oof/plain
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from busseg.evaluate import read_rows
-from busseg.metrics import bootstrap_ci
+from busseg.metrics import auc, bootstrap_ci
 
 
 def main() -> None:
@@ -36,6 +38,15 @@ def main() -> None:
         print(f"{label} {path}: Dice {dice.mean():.4f}, missed {missed}")
     print(f"B - A: {db.mean() - da.mean():+.4f} (95% CI {lo:+.4f} to {hi:+.4f}); "
           f"B better on {int((db > da).sum())}, worse on {int((db < da).sum())} scans")
+    common = sorted(a.keys() & b.keys())
+    normal = [n for n in common if a[n]["true_area"] == 0]
+    if normal:
+        labels = np.array([a[n]["true_area"] > 0 for n in common], dtype=int)
+        for label, rows in (("A", a), ("B", b)):
+            scores = np.array([rows[n]["lesion_score"] for n in common], dtype=float)
+            marked = sum(rows[n]["pred_area"] > 0 for n in normal)
+            print(f"{label} lesion score AUC {auc(scores, labels):.3f}; "
+                  f"normal scans marked {marked} / {len(normal)}")
 
 
 if __name__ == "__main__":

@@ -12,14 +12,19 @@ import torch
 SCRIPTS = Path(__file__).parents[1] / "experiments"
 
 
-def _per_image(folder: Path, dice: list[float]) -> Path:
-    """A per_image.csv as `busseg evaluate` writes it (its own writer)."""
+def _per_image(folder: Path, dice: list[float], normal: list[tuple[int, float]] = (),
+               scores: list[float] | None = None) -> Path:
+    """A per_image.csv as `busseg evaluate` writes it (its own writer): lesion scans of `dice`,
+    then normal scans of (predicted area, lesion score)."""
     from busseg.evaluate import write_rows
 
     folder.mkdir(parents=True)
-    write_rows(folder / "per_image.csv", [
-        {"name": f"s{i}", "dice": d, "true_area": 100, "pred_area": 0 if d == 0 else 90}
-        for i, d in enumerate(dice)])
+    scores = scores or [0.9] * len(dice)
+    rows = [{"name": f"s{i}", "dice": d, "true_area": 100, "pred_area": 0 if d == 0 else 90,
+             "lesion_score": s} for i, (d, s) in enumerate(zip(dice, scores))]
+    rows += [{"name": f"n{i}", "dice": 1.0 if area == 0 else 0.0, "true_area": 0,
+              "pred_area": area, "lesion_score": s} for i, (area, s) in enumerate(normal)]
+    write_rows(folder / "per_image.csv", rows)
     return folder
 
 
@@ -38,6 +43,21 @@ def test_compare_runs_reports_the_paired_difference(tmp_path):
     assert "A " in r.stdout and "Dice 0.4500, missed 1" in r.stdout
     assert "Dice 0.6500, missed 0" in r.stdout
     assert "B - A: +0.2000" in r.stdout and "B better on 4, worse on 0" in r.stdout
+    assert "AUC" not in r.stdout  # no normal scans: no presence figures
+
+
+def test_compare_runs_reports_each_runs_presence_auc_and_normal_scans_marked(tmp_path):
+    # A: every normal scan scores above two of the four lesion scans, and both keep a mask;
+    # B: the normal scans score below every lesion scan, one keeps a mask
+    a = _per_image(tmp_path / "a", [0.5, 0.6, 0.7, 0.8], [(40, 0.7), (30, 0.7)],
+                   [0.9, 0.8, 0.6, 0.5])
+    b = _per_image(tmp_path / "b", [0.5, 0.6, 0.7, 0.8], [(0, 0.1), (25, 0.2)],
+                   [0.9, 0.8, 0.6, 0.5])
+    r = subprocess.run([sys.executable, str(SCRIPTS / "compare_runs.py"), str(a), str(b)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "A lesion score AUC 0.500; normal scans marked 2 / 2" in r.stdout
+    assert "B lesion score AUC 1.000; normal scans marked 1 / 2" in r.stdout
 
 
 def _joint(monkeypatch):
